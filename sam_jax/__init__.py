@@ -1,0 +1,36 @@
+"""sam_jax: sharpness-aware optimizers for JAX/Optax, with medical imaging tools.
+
+The public API is small: the optimizer factories (each an Optax
+``GradientTransformationExtraArgs``) and the helpers a training loop needs to
+call them. Models, data and training live in their subpackages.
+"""
+
+from sam_jax.optimizers import (
+    asam,
+    crsam,
+    friendly_sam,
+    gcsam,
+    grad_fn_from_loss,
+    gsam,
+    is_sharpness_aware,
+    sam,
+    stable_sam,
+    update_with_aux,
+    wsam,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "asam",
+    "crsam",
+    "friendly_sam",
+    "gcsam",
+    "grad_fn_from_loss",
+    "gsam",
+    "is_sharpness_aware",
+    "sam",
+    "stable_sam",
+    "update_with_aux",
+    "wsam",
+]

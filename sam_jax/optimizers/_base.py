@@ -1,0 +1,403 @@
+"""What every sharpness-aware transformation shares: the contract, norms, checks.
+
+The ``grad_fn`` contract
+========================
+Each transformation in :mod:`sam_jax.optimizers` is an
+:class:`optax.GradientTransformationExtraArgs`. Its ``update`` is called as::
+
+    direction, state = tx.update(grads, state, params, grad_fn=grad_fn)
+
+``grads``
+    The clean gradient ``g = ∇L(w)`` of the minibatch loss at ``params``.
+``params``
+    The clean weights ``w``. Required: every method perturbs them.
+``grad_fn(params) -> (grads, aux)``  (required keyword)
+    Evaluates the gradient of the *same* minibatch loss, with the *same*
+    dropout RNG, at other weights. ``aux`` is any pytree the caller wants back
+    from that evaluation (the perturbed loss, logits, ...), or ``None``.
+    ``grad_fn`` must be pure: CR-SAM calls it under :func:`jax.vmap`.
+    :func:`grad_fn_from_loss` builds one from a loss function.
+``aux_sink(name, aux)``  (optional keyword)
+    Called once per adversarial evaluation, with a name (``"perturbed"`` for
+    ``w + ε``, ``"perturbed_minus"`` for CR-SAM's ``w − ε``) and that
+    evaluation's ``aux``. :func:`update_with_aux` passes a sink and returns
+    what it collected, which is how a train step logs the perturbed loss.
+``axis_name``  (optional keyword)
+    A mapped device axis (``pmap``, ``shard_map`` or a ``vmap`` with an
+    ``axis_name``). With it, ``grads`` and ``grad_fn`` are taken to be
+    per-device, the perturbation is built from the local gradient
+    (m-sharpness, as in the original SAM code), and the direction returned is
+    averaged over the axis, so every device feeds the same direction to the
+    base optimizer. For a perturbation synchronized across devices, pass
+    averaged gradients and a ``grad_fn`` that averages, and no ``axis_name``:
+    the transformation then computes exactly what one device computes on the
+    global batch.
+
+What comes out is a *direction* for the rest of the chain (the base optimizer
+turns it into an update), except for decoupled :func:`~sam_jax.wsam`, which
+wraps its base optimizer and returns the update itself.
+
+Place the sharpness transformation first in ``optax.chain``: a transformation
+before it (weight decay, clipping) changes ``grads`` but not what ``grad_fn``
+returns, so the two evaluation points would see different objectives.
+
+Numerics
+========
+Norms and inner products are accumulated in float32 whatever the leaf dtype,
+and every division by a norm adds ``eps``: a zero gradient gives a zero
+perturbation and a finite direction. A non-finite clean gradient is not
+hidden: its global norm is non-finite, so the perturbation, and hence the
+direction, is non-finite in *every* leaf; nothing is masked or replaced, and
+the first finiteness check downstream (the train step's) reports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any
+Grads = Any
+Aux = Any
+GradFn = Callable[[Params], tuple[Grads, Aux]]
+AuxSink = Callable[[str, Aux], None]
+ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+MaskOrFn = Union[Any, Callable[[Params], Any], None]
+
+PERTURBED = "perturbed"
+PERTURBED_MINUS = "perturbed_minus"
+
+
+# ----------------------------------------------------------------------------
+# Tree arithmetic in float32.
+
+
+def global_norm(tree: Any) -> jax.Array:
+  """L2 norm of all leaves together, accumulated in float32."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  return jnp.sqrt(
+      sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+  )
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+  """Inner product ``<a, b>`` over all leaves, accumulated in float32."""
+  products = jax.tree.map(
+      lambda x, y: jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32)), a, b
+  )
+  return sum(jax.tree.leaves(products), jnp.zeros([], jnp.float32))
+
+
+def tree_combine(*terms: tuple[Any, Any], like: Any) -> Any:
+  """``Σ coef_i · tree_i`` computed in float32, cast to the dtypes of ``like``.
+
+  Each term is ``(coef, tree)``; ``coef`` is a scalar or a tree of scalars
+  with the structure of ``like``.
+  """
+  coefs = [c for c, _ in terms]
+  trees = [t for _, t in terms]
+
+  def combine(ref, *leaves):
+    total = jnp.zeros(ref.shape, jnp.float32)
+    for coef, leaf in zip(coefs, leaves):
+      total = total + jnp.asarray(coef, jnp.float32) * leaf.astype(jnp.float32)
+    return total.astype(ref.dtype)
+
+  return jax.tree.map(combine, like, *trees)
+
+
+def perturb(params: Params, perturbation: Any, sign: float = 1.0) -> Params:
+  """``w + sign·ε``, each leaf kept in its parameter dtype."""
+  return jax.tree.map(
+      lambda w, e: (w.astype(jnp.float32) + sign * e.astype(jnp.float32)).astype(
+          w.dtype
+      ),
+      params,
+      perturbation,
+  )
+
+
+def sam_perturbation(
+    grads: Grads,
+    params: Params,
+    rho: jax.Array,
+    eps: float,
+    adaptive: bool = False,
+) -> Any:
+  """The SAM ascent step ``ε``.
+
+  ``adaptive=False``: ``ε = ρ·g / (‖g‖ + eps)`` (Foret et al.).
+  ``adaptive=True``: ``ε = ρ·w²⊙g / (‖|w|⊙g‖ + eps)``, the element-wise form
+  of davda54/sam, dlrover WSAM and juntang-zhuang/GSAM (η = 0, every tensor).
+  This is *not* the official ASAM; see :func:`sam_jax.asam`.
+  """
+  rho = jnp.asarray(rho, jnp.float32)
+  if not adaptive:
+    scale = rho / (global_norm(grads) + eps)
+    return jax.tree.map(lambda g: g.astype(jnp.float32) * scale, grads)
+  w_abs = jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)), params)
+  scaled = jax.tree.map(lambda g, a: g.astype(jnp.float32) * a, grads, w_abs)
+  scale = rho / (global_norm(scaled) + eps)
+  return jax.tree.map(lambda s, a: s * a * scale, scaled, w_abs)
+
+
+def cross_device_mean(tree: Any, axis_name: Optional[str]) -> Any:
+  """Average ``tree`` over ``axis_name``; identity when it is ``None``."""
+  if axis_name is None:
+    return tree
+  return jax.lax.pmean(tree, axis_name)
+
+
+# ----------------------------------------------------------------------------
+# Hyperparameters: schedules and checks.
+
+
+def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
+  """A hyperparameter's value at step ``count`` (a float or a schedule)."""
+  if callable(value):
+    value = value(count)
+  return jnp.asarray(value, jnp.float32)
+
+
+def _concrete(value: Any) -> Optional[np.ndarray]:
+  """``value`` as a NumPy array, or ``None`` when it is traced."""
+  try:
+    return np.asarray(value)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return None
+
+
+def check_hyperparameter(
+    name: str,
+    value: Any,
+    *,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+) -> None:
+  """Raises ``ValueError`` naming ``name`` if ``value`` is out of range.
+
+  A schedule is checked at step 0. Traced values (the factory called by
+  ``optax.inject_hyperparams`` inside a jitted update) cannot be checked and
+  are let through: they were checked when the state was initialized.
+  """
+  if value is None:
+    return
+  what = name
+  if callable(value):
+    what = f"{name} (a schedule, at step 0)"
+    try:
+      value = value(0)
+    except Exception:  # pylint: disable=broad-except
+      return  # A schedule we cannot evaluate eagerly; nothing to check.
+  concrete = _concrete(value)
+  if concrete is None:
+    return
+  if concrete.dtype.kind not in "biuf" or concrete.ndim != 0:
+    raise ValueError(f"{what} must be a real scalar, got {value!r}.")
+  v = float(concrete)
+  if not np.isfinite(v):
+    raise ValueError(f"{what} must be finite, got {v}.")
+  if minimum is not None and (v < minimum or (v == minimum and not min_inclusive)):
+    bound = ">=" if min_inclusive else ">"
+    raise ValueError(f"{what} must be {bound} {minimum}, got {v}.")
+  if maximum is not None and (v > maximum or (v == maximum and not max_inclusive)):
+    bound = "<=" if max_inclusive else "<"
+    raise ValueError(f"{what} must be {bound} {maximum}, got {v}.")
+
+
+def concrete_float(value: Any) -> Optional[float]:
+  """``float(value)`` for a concrete scalar; ``None`` for schedules/tracers."""
+  if value is None or callable(value):
+    return None
+  concrete = _concrete(value)
+  return None if concrete is None else float(concrete)
+
+
+# ----------------------------------------------------------------------------
+# Calling grad_fn.
+
+
+def _split_output(output: Any, who: str) -> tuple[Grads, Aux]:
+  if not (isinstance(output, tuple) and len(output) == 2):
+    raise TypeError(
+        f"{who}: grad_fn(params) must return a pair (grads, aux); got "
+        f"{type(output).__name__}. Return (grads, None) when there is no aux, "
+        "or build grad_fn with sam_jax.optimizers.grad_fn_from_loss."
+    )
+  return output
+
+
+def require_grad_fn(grad_fn: Optional[GradFn], params: Params, who: str) -> GradFn:
+  """Checks the extra arguments every sharpness transformation needs."""
+  if grad_fn is None:
+    raise ValueError(
+        f"{who}.update needs the keyword argument grad_fn: a function "
+        "params -> (grads, aux) that evaluates the gradient of the same "
+        "minibatch loss at other parameters (see sam_jax.optimizers)."
+    )
+  if params is None:
+    raise ValueError(f"{who}.update needs params (the clean weights).")
+  return grad_fn
+
+
+def evaluate(
+    grad_fn: GradFn,
+    params: Params,
+    *,
+    name: str,
+    aux_sink: Optional[AuxSink],
+    who: str,
+) -> Grads:
+  """``grad_fn(params)``; hands its aux to ``aux_sink`` under ``name``."""
+  grads, aux = _split_output(grad_fn(params), who)
+  if aux_sink is not None:
+    aux_sink(name, aux)
+  return grads
+
+
+def evaluate_batched(
+    grad_fn: GradFn,
+    stacked_params: Params,
+    *,
+    names: tuple[str, ...],
+    aux_sink: Optional[AuxSink],
+    who: str,
+) -> Grads:
+  """Evaluates ``grad_fn`` at several points in one ``jax.vmap`` call.
+
+  ``stacked_params`` carries the points along a new leading axis, in the order
+  of ``names``; the gradients come back stacked the same way.
+  """
+  grads, aux = jax.vmap(lambda p: _split_output(grad_fn(p), who))(stacked_params)
+  if aux_sink is not None:
+    for i, name in enumerate(names):
+      aux_sink(name, jax.tree.map(lambda x, i=i: x[i], aux))
+  return grads
+
+
+def grad_fn_from_loss(
+    loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False, **kwargs: Any
+) -> GradFn:
+  """A ``grad_fn`` for ``loss_fn(params, *args, **kwargs)``.
+
+  Its aux is ``{"loss": value}``, plus ``{"aux": aux}`` when ``has_aux`` (then
+  ``loss_fn`` returns ``(value, aux)``, as for ``jax.value_and_grad``).
+  """
+
+  def grad_fn(params):
+    if has_aux:
+      (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, *args, **kwargs
+      )
+      return grads, {"loss": value, "aux": aux}
+    value, grads = jax.value_and_grad(loss_fn)(params, *args, **kwargs)
+    return grads, {"loss": value}
+
+  return grad_fn
+
+
+def update_with_aux(
+    tx: optax.GradientTransformationExtraArgs,
+    grads: Grads,
+    state: optax.OptState,
+    params: Params,
+    *,
+    grad_fn: GradFn,
+    **extra_args: Any,
+) -> tuple[Any, optax.OptState, dict[str, Aux]]:
+  """``tx.update`` that also returns the aux of every adversarial evaluation.
+
+  Returns ``(updates, state, aux)`` where ``aux`` maps evaluation names
+  (``"perturbed"``, ``"perturbed_minus"``) to what ``grad_fn`` returned there.
+  It is empty for a chain without a sharpness-aware transformation. A name
+  seen twice (two sharpness transformations in one chain) gets a suffix
+  ``_1``, ``_2``, ...
+  """
+  collected: dict[str, Aux] = {}
+
+  def sink(name: str, aux: Aux) -> None:
+    key, i = name, 0
+    while key in collected:
+      i += 1
+      key = f"{name}_{i}"
+    collected[key] = aux
+
+  updates, state = tx.update(
+      grads, state, params, grad_fn=grad_fn, aux_sink=sink, **extra_args
+  )
+  return updates, state, collected
+
+
+# ----------------------------------------------------------------------------
+# Which states belong to sharpness-aware transformations.
+
+_SHARPNESS_STATE_TYPES: list[type] = []
+
+
+def sharpness_state(cls: type) -> type:
+  """Class decorator: marks a state type as a sharpness-aware one."""
+  _SHARPNESS_STATE_TYPES.append(cls)
+  return cls
+
+
+def _is_sharpness_state(x: Any) -> bool:
+  return isinstance(x, tuple(_SHARPNESS_STATE_TYPES))
+
+
+def is_sharpness_aware(opt_state: optax.OptState) -> bool:
+  """Whether an optimizer state holds the state of a sharpness transformation.
+
+  A train step uses this to decide who averages gradients across devices: a
+  sharpness transformation averages its own direction (see ``axis_name``); a
+  plain optax chain needs averaged gradients.
+  """
+  found = []
+
+  def visit(x):
+    if _is_sharpness_state(x):
+      found.append(x)
+      return True
+    return False
+
+  jax.tree.leaves(opt_state, is_leaf=visit)
+  return bool(found)
+
+
+def zero_count() -> jax.Array:
+  """The initial step counter of every transformation's state."""
+  return jnp.zeros([], jnp.int32)
+
+
+# ----------------------------------------------------------------------------
+# Masks: which leaves are "weights" in the sense of a method.
+
+
+def leaf_name(path: tuple[Any, ...]) -> Optional[str]:
+  """The last named key on a pytree path (dict key or attribute), if any."""
+  for entry in reversed(path):
+    if isinstance(entry, jax.tree_util.DictKey):
+      return str(entry.key)
+    if isinstance(entry, jax.tree_util.GetAttrKey):
+      return entry.name
+  return None
+
+
+def resolve_mask(
+    mask: MaskOrFn,
+    params: Params,
+    default: Callable[[tuple[Any, ...], jax.Array], bool],
+) -> Any:
+  """A pytree of Python bools with the structure of ``params``."""
+  if mask is None:
+    return jax.tree_util.tree_map_with_path(default, params)
+  if callable(mask):
+    mask = mask(params)
+  return jax.tree.map(bool, mask)
