@@ -21,3 +21,17 @@ def test_api_example_runs(capsys):
   out = capsys.readouterr().out
   loss, perturbed = map(float, re.findall(r"[-+]?\d+\.\d+", out))
   assert perturbed > loss > 0.0  # the perturbed point is worse, as SAM expects
+
+
+def test_models_and_data_example_runs(capsys, monkeypatch):
+  import os
+  import pytest
+  from tests.data.conftest import real_data_dir
+  data_dir = real_data_dir()
+  if not (data_dir / "medmnist" / "breastmnist.npz").exists():
+    pytest.skip(f"BreastMNIST not found under {data_dir} (set SAM_JAX_DATA_DIR)")
+  monkeypatch.setenv("SAM_JAX_DATA_DIR", str(data_dir))
+  (example,) = [b for b in python_blocks() if "load_dataset" in b]
+  exec(compile(example, "README.md", "exec"), {})
+  out = capsys.readouterr().out
+  assert "binary" in out and "'train': 546" in out and "(8, 2)" in out

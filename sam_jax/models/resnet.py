@@ -1,0 +1,160 @@
+"""ResNets for 2D images and 3D volumes (He et al., 2016), in Flax Linen.
+
+One module covers the variants the studies use:
+
+* ``stem="cifar"``: 3x3 stride-1 convolution, no max-pool. The MedMNIST
+  benchmark's ResNet at 28-64 px (its stages then see 28, 14, 7, 4 px).
+* ``stem="imagenet"``: 7x7 stride-2 convolution and 3x3 stride-2 max-pool,
+  torchvision's layout; at 224 px and 1000 classes the parameter counts are
+  torchvision's (ResNet-18 11,689,512; ResNet-50 25,557,032).
+* ``dim=3``: every convolution and pooling is 3-D (kernels 3x3x3, the stem
+  7x7x7), for 28^3 and 64^3 volumes. (MedMNIST's "ResNet-18 + 3D" converts a
+  2D ResNet with the same Conv3d shapes.)
+* ``width``: a multiplier on every stage's channels (64, 128, 256, 512 at
+  1.0), so that tests and CPU runs can use narrow versions.
+* ``dtype``: computation dtype (e.g. ``jnp.bfloat16``); parameters stay in
+  ``param_dtype`` (float32), and the logits are returned in float32.
+
+Inputs are channel-last: ``(N, H, W, C)`` or ``(N, D, H, W, C)``, any ``C``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  dim: int
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    k, pad = (3,) * self.dim, [(1, 1)] * self.dim  # PyTorch's symmetric padding
+    s = (self.strides,) * self.dim
+    residual = x
+    y = self.conv(self.filters, k, s, padding=pad, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, k, padding=pad, name="conv2")(y)
+    # Zero-init of the last BN scale is a common trick; torchvision's default
+    # (and the MedMNIST code) keeps ones, so we do too.
+    y = self.norm(name="bn2")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1,) * self.dim, s, name="downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  """1x1 - 3x3 - 1x1 bottleneck with stride on the 3x3 (ResNet-50 v1.5)."""
+
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  dim: int
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    s = (self.strides,) * self.dim
+    residual = x
+    y = self.conv(self.filters, (1,) * self.dim, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3,) * self.dim, s, padding=[(1, 1)] * self.dim,
+                  name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters * self.expansion, (1,) * self.dim, name="conv3")(y)
+    y = self.norm(name="bn3")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(
+          self.filters * self.expansion, (1,) * self.dim, s, name="downsample_conv"
+      )(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet classifier.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    block_cls: :class:`BasicBlock` or :class:`Bottleneck`.
+    num_classes: outputs of the final dense layer (logits).
+    width: multiplier on the stage widths (64·width, ..., 512·width).
+    stem: ``"cifar"`` (3x3/1, no pool) or ``"imagenet"`` (7x7/2 + max-pool).
+    dim: 2 for images, 3 for volumes.
+    dtype: computation dtype; ``param_dtype`` is the parameters'.
+    bn_momentum: running-statistics momentum in Flax's convention
+      (``new = momentum·old + (1 − momentum)·batch``); 0.9 is PyTorch's 0.1.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int
+  width: float = 1.0
+  stem: str = "cifar"
+  dim: int = 2
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.dim not in (2, 3):
+      raise ValueError(f"ResNet: dim must be 2 or 3, got {self.dim}.")
+    if x.ndim != self.dim + 2:
+      layout = "(N, H, W, C)" if self.dim == 2 else "(N, D, H, W, C)"
+      raise ValueError(
+          f"ResNet(dim={self.dim}) expects inputs {layout}, got shape {x.shape}."
+      )
+    if self.stem not in ("cifar", "imagenet"):
+      raise ValueError(f"ResNet: stem must be 'cifar' or 'imagenet', got {self.stem!r}.")
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    )
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype,
+    )
+    base = max(1, int(round(64 * self.width)))
+    x = x.astype(self.dtype)
+    if self.stem == "cifar":
+      x = conv(base, (3,) * self.dim, padding=[(1, 1)] * self.dim, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    else:
+      x = conv(base, (7,) * self.dim, (2,) * self.dim, padding=[(3, 3)] * self.dim,
+               name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3,) * self.dim, (2,) * self.dim, padding=[(1, 1)] * self.dim)
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        x = self.block_cls(
+            filters=base * 2**i,
+            strides=2 if i > 0 and j == 0 else 1,
+            conv=conv,
+            norm=norm,
+            dim=self.dim,
+            name=f"stage{i + 1}_block{j + 1}",
+        )(x)
+    x = jnp.mean(x, axis=tuple(range(1, 1 + self.dim)))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="head")(x)
+    return x.astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
