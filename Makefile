@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all clean
+.PHONY: venv demo toy-demo test test-slow test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m experiments.breastmnist_sgd_vs_sam
+
+toy-demo: $(STAMP)
 	$(PY) -m experiments.toy_demo
 
 test: $(STAMP)
@@ -27,6 +30,10 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.data_pipeline
+	$(PY) -m benchmarks.step_time
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache

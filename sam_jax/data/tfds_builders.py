@@ -28,6 +28,7 @@ Use::
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 from typing import Any, Optional, Union
@@ -54,9 +55,23 @@ def _features(image_shape, task, class_names):
   })
 
 
-def _examples(split: ds.Split):
-  for i in range(len(split)):
-    yield i, {"image": split.images[i], "label": split.labels[i], "index": i}
+class _InMemoryBuilder(tfds.core.GeneratorBasedBuilder):
+  """Writes a :class:`~sam_jax.data.dataset.Dataset` that ``_load`` returns.
+
+  Abstract (``_load``), so TFDS does not register it as a dataset.
+  """
+
+  @abc.abstractmethod
+  def _load(self, manual_dir) -> ds.Dataset:
+    """The dataset to write, read from the manual directory."""
+
+  def _split_generators(self, dl_manager):
+    data = self._load(dl_manager.manual_dir)
+    return {name: self._generate_examples(split) for name, split in data.splits.items()}
+
+  def _generate_examples(self, split: ds.Split):
+    for i in range(len(split)):
+      yield i, {"image": split.images[i], "label": split.labels[i], "index": i}
 
 
 @dataclasses.dataclass
@@ -65,7 +80,7 @@ class MedmnistConfig(tfds.core.BuilderConfig):
   size: int = 28
 
 
-class Medmnist(tfds.core.GeneratorBasedBuilder):
+class Medmnist(_InMemoryBuilder):
   """MedMNIST v2/v3 from the official ``.npz`` files (MD5-verified)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -95,13 +110,9 @@ class Medmnist(tfds.core.GeneratorBasedBuilder):
         license=entry.license,
     )
 
-  def _split_generators(self, dl_manager):
-    data = medmnist.load(dl_manager.manual_dir, flag=self.builder_config.flag,
+  def _load(self, manual_dir):
+    return medmnist.load(manual_dir, flag=self.builder_config.flag,
                          size=self.builder_config.size, verify_md5=self._verify_md5)
-    return {name: self._generate_examples(split) for name, split in data.splits.items()}
-
-  def _generate_examples(self, split):
-    yield from _examples(split)
 
 
 @dataclasses.dataclass
@@ -110,7 +121,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   size: int = 224
 
 
-class MedicalImageFolders(tfds.core.GeneratorBasedBuilder):
+class MedicalImageFolders(_InMemoryBuilder):
   """The class-per-folder presets of :mod:`sam_jax.data.folders`, resized."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -140,13 +151,9 @@ class MedicalImageFolders(tfds.core.GeneratorBasedBuilder):
         supervised_keys=("image", "label"),
     )
 
-  def _split_generators(self, dl_manager):
-    data = folders.load_folder(dl_manager.manual_dir, self.builder_config.preset,
+  def _load(self, manual_dir):
+    return folders.load_folder(manual_dir, self.builder_config.preset,
                                size=self.builder_config.size, seed=self._seed)
-    return {name: self._generate_examples(split) for name, split in data.splits.items()}
-
-  def _generate_examples(self, split):
-    yield from _examples(split)
 
 
 def prepare(

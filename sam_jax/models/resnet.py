@@ -29,14 +29,19 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+class _ResidualBlock(nn.Module):
+  """What every block is given: width, stride, layer factories, dimensionality."""
 
   filters: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
   dim: int
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
   expansion = 1
 
   @nn.compact
@@ -56,14 +61,9 @@ class BasicBlock(nn.Module):
     return nn.relu(y + residual)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1 - 3x3 - 1x1 bottleneck with stride on the 3x3 (ResNet-50 v1.5)."""
 
-  filters: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  dim: int
   expansion = 4
 
   @nn.compact

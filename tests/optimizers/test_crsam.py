@@ -20,7 +20,7 @@ def crsam_reference(params, grad, rho, gamma, beta, eps=1e-12):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("batched", [True, False, None])
 def test_crsam_matches_reference(problem, jit, batched):
   tx = sam_jax.crsam(0.1, 0.1, 0.01, batched=batched)
   (direction,) = run_updates(tx, problem, jit=jit)

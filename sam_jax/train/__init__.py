@@ -1,0 +1,1 @@
+"""Train steps, data parallelism, metrics, the training loop and checkpoints."""

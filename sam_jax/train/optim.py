@@ -1,0 +1,115 @@
+"""From a config to an optax chain: the learning-rate schedule and the optimizer.
+
+The chain is ``sharpness method → clipping → weight decay → base optimizer``:
+the sharpness transformation comes first because it must see the raw
+gradient that its ``grad_fn`` also returns (weight decay enters after it,
+like the base optimizer's own decay in davda54/sam, GSAM and WSAM, and
+unlike google-research/sam, which puts L2 in the loss). Decoupled WSAM wraps
+``weight decay → base optimizer`` instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import optax
+
+import sam_jax
+from sam_jax.train.config import TrainConfig
+
+BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
+SHARPNESS_METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
+    "sam": sam_jax.sam,
+    "asam": sam_jax.asam,
+    "gsam": sam_jax.gsam,
+    "wsam": sam_jax.wsam,
+    "crsam": sam_jax.crsam,
+    "gcsam": sam_jax.gcsam,
+    "friendly_sam": sam_jax.friendly_sam,
+    "stable_sam": sam_jax.stable_sam,
+}
+OPTIMIZERS = BASE_OPTIMIZERS + tuple(SHARPNESS_METHODS)
+SCHEDULES = ("constant", "multistep", "cosine")
+# Config field -> the factories' argument (GSAM calls its radius rho_max).
+_HYPERPARAMETERS = ("rho", "rho_min", "eta", "alpha", "gamma", "beta", "sigma", "lmbda",
+                    "adaptive", "decouple")
+
+
+def check_names(config: TrainConfig) -> None:
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}.")
+  if config.base_optimizer not in BASE_OPTIMIZERS:
+    raise ValueError(f"unknown base optimizer {config.base_optimizer!r}; known: "
+                     f"{', '.join(BASE_OPTIMIZERS)}.")
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {config.schedule!r}; known: {', '.join(SCHEDULES)}.")
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+  total = max(1, config.epochs * steps_per_epoch)
+  lr = config.learning_rate
+  if config.schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif config.schedule == "multistep":
+    boundaries = {int(round(m * total)): config.decay_factor for m in config.milestones}
+    schedule = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    schedule = optax.cosine_decay_schedule(lr, total)
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if warmup:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+  return schedule
+
+
+def _base(name: str, schedule: optax.Schedule, config: TrainConfig) -> optax.GradientTransformation:
+  if name == "sgd":
+    return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+  if name == "adam":
+    return optax.adam(schedule)
+  return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def sharpness_kwargs(config: TrainConfig, method: str) -> dict[str, Any]:
+  """The config's sharpness hyperparameters that ``method`` takes."""
+  factory = SHARPNESS_METHODS[method]
+  accepted = inspect.signature(factory).parameters
+  kwargs = {}
+  for field in _HYPERPARAMETERS:
+    value = getattr(config, field)
+    if value is None:
+      continue
+    name = "rho_max" if (field == "rho" and method == "gsam") else field
+    if name not in accepted:
+      raise ValueError(f"{method} takes no {field!r} (its hyperparameters: "
+                       f"{', '.join(p for p in accepted if p not in ('eps', 'mask', 'base'))}).")
+    kwargs[name] = value
+  return kwargs
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation,
+                                                                         optax.Schedule]:
+  """``(tx, schedule)`` for ``config``; raises ``ValueError`` naming bad options."""
+  check_names(config)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  method = config.optimizer if config.optimizer in SHARPNESS_METHODS else None
+  base_name = config.base_optimizer if method else config.optimizer
+  base = _base(base_name, schedule, config)
+  decay = (optax.add_decayed_weights(config.weight_decay)
+           if config.weight_decay and base_name != "adamw" else None)
+  clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else None
+
+  if method is None:
+    return optax.chain(*[t for t in (clip, decay, base) if t is not None]), schedule
+  kwargs = sharpness_kwargs(config, method)
+  if method == "gsam" and config.rho_min is not None:
+    total = config.epochs * steps_per_epoch
+    kwargs.update(learning_rate=schedule, lr_max=config.learning_rate,
+                  lr_min=float(min(schedule(0), schedule(max(total - 1, 0)))))
+  if method == "wsam" and kwargs.get("decouple", True):
+    inner = optax.chain(*[t for t in (decay, base) if t is not None])
+    wsam = sam_jax.wsam(base_optimizer=inner, learning_rate=schedule, **kwargs)
+    return optax.chain(*[t for t in (clip, wsam) if t is not None]), schedule
+  sharpness = SHARPNESS_METHODS[method](**kwargs)
+  return optax.chain(*[t for t in (sharpness, clip, decay, base) if t is not None]), schedule

@@ -1,0 +1,121 @@
+"""Running a step on one device, with pmap, with shard_map, or with m-sharpness.
+
+All parallelism lives here. Each wrapper takes a *step builder* (a function
+``axis_name, vary -> step``, e.g. a ``functools.partial`` of
+:func:`~sam_jax.train.step.make_train_step`) and returns a compiled step with
+the same call signature ``(state, batch, rng) -> (state, metrics)``:
+
+* :func:`jit_step`: one device, ``jax.jit`` with the state donated.
+* :func:`pmap_step`: ``jax.pmap`` over the leading device axis of the state
+  (replicated with :func:`replicate`) and of the batch (see
+  :func:`shard_batch`); the rng is shared and folded with the device index
+  inside.
+* :func:`shard_map_step`: ``jax.shard_map`` over a 1-D mesh; state and rng
+  replicated, the batch split along its first axis. Under ``shard_map`` JAX
+  sums the gradient of a replicated input over the mesh by itself, so the
+  weights are made device-varying before differentiation (:func:`vary`).
+* :func:`msharpness_step`: m-sharpness on one device: the batch is split
+  into ``k`` sub-batches, each perturbed with its own gradient, as ``k``
+  devices would, by a ``jax.vmap`` with an axis name; the directions are
+  averaged, and so are the BatchNorm statistics (each sub-batch normalizes
+  with its own statistics, like ghost BatchNorm).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+StepBuilder = Callable[..., Callable]
+PMAP_AXIS = "batch"
+MESH_AXIS = "data"
+MSHARP_AXIS = "msharp"
+
+
+def jit_step(build: StepBuilder) -> Callable:
+  return jax.jit(build(axis_name=None), donate_argnums=(0,))
+
+
+def replicate(tree: Any, num_devices: Optional[int] = None) -> Any:
+  """``tree`` stacked once per device on a leading axis, as pmap takes it.
+
+  (``jax.device_put_replicated`` is deprecated; pmap shards a leading axis
+  of the right size by itself.)
+  """
+  n = num_devices or jax.local_device_count()
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def shard_batch(batch: dict, num_devices: int) -> dict:
+  """Splits a host batch into ``(num_devices, per_device, ...)``."""
+  def split(x):
+    if x.shape[0] % num_devices:
+      raise ValueError(
+          f"batch of {x.shape[0]} does not split evenly over {num_devices} devices; "
+          "use a batch size divisible by the device count."
+      )
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def pmap_step(build: StepBuilder) -> Callable:
+  step = build(axis_name=PMAP_AXIS)
+  return jax.pmap(step, axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def vary(tree: Any, axis_name: str = MESH_AXIS) -> Any:
+  """Makes every leaf device-varying along ``axis_name`` (inside shard_map).
+
+  Adding a varying zero works whether a leaf was replicated (the clean
+  weights) or varying already (weights plus a local perturbation), without
+  asking JAX which it is (an API that moved between releases).
+  """
+  zero = jax.lax.pcast(jnp.zeros([], jnp.float32), axis_name, to="varying")
+  return jax.tree.map(lambda x: x + zero.astype(x.dtype), tree)
+
+
+def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+  devices = jax.devices()[: num_devices or jax.device_count()]
+  return Mesh(np.asarray(devices), (MESH_AXIS,))
+
+
+def shard_map_step(build: StepBuilder, mesh: Mesh) -> Callable:
+  step = build(axis_name=MESH_AXIS, vary=lambda t: vary(t, MESH_AXIS))
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(MESH_AXIS), P()),
+                         out_specs=(P(), P()))
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def place_for_shard_map(mesh: Mesh, state: Any = None, batch: Any = None):
+  """Puts the state (replicated) and the batch (split) where shard_map wants them."""
+  out = []
+  if state is not None:
+    out.append(jax.device_put(state, NamedSharding(mesh, P())))
+  if batch is not None:
+    out.append(jax.device_put(batch, NamedSharding(mesh, P(MESH_AXIS))))
+  return out[0] if len(out) == 1 else tuple(out)
+
+
+def msharpness_step(build: StepBuilder, k: int) -> Callable:
+  """m-sharpness on one device with ``k`` sub-batches (m = batch / k)."""
+  if k < 1:
+    raise ValueError(f"m-sharpness needs k >= 1 sub-batches, got {k}.")
+  step = build(axis_name=MSHARP_AXIS)
+
+  def run(state, batch, rng):
+    sub = shard_batch(batch, k)
+    states, metrics = jax.vmap(step, in_axes=(None, 0, None), axis_name=MSHARP_AXIS)(
+        state, sub, rng)
+    # After the cross-sub-batch means every copy is the same: keep the first.
+    return jax.tree.map(lambda x: x[0], states), jax.tree.map(lambda x: x[0], metrics)
+
+  return jax.jit(run, donate_argnums=(0,))

@@ -1,0 +1,171 @@
+"""The training loop and the sam-jax command: records, resume, eval, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sam_jax import cli
+from tests.data.conftest import need, real_data_dir
+from tests.data.synthetic import write_medmnist_npz
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = ["--model", "resnet18", "--width", "0.0625", "--batch-size", "32",
+        "--eval-batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+  return str(write_medmnist_npz(tmp_path_factory.mktemp("data") / "tiny.npz",
+                                counts=(96, 32, 32), seed=3))
+
+
+def subprocess_env():
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  return env
+
+
+def sam_jax_cmd(*args):
+  return [sys.executable, "-m", "sam_jax.cli", *args]
+
+
+def comparable(records):
+  """Epoch records without the wall-clock fields."""
+  return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
+
+
+def read_records(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_npz, tmp_path):
+  # 3 steps per epoch; checkpoints at every epoch end and every 2 steps, so
+  # the kill below lands on a mid-epoch checkpoint (step 8 of epoch 3).
+  common = ["train", "--dataset", tiny_npz, *TINY, "--optimizer", "sam", "--rho", "0.05",
+            "--base-optimizer", "sgd", "--learning-rate", "0.05", "--epochs", "6", "--seed", "5",
+            "--checkpoint-every-steps", "2"]
+  env = subprocess_env()
+  whole, broken = tmp_path / "whole", tmp_path / "broken"
+  done = subprocess.run(sam_jax_cmd(*common, "--workdir", str(whole)), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-4000:]
+
+  # Same run, killed (SIGKILL) once the step-8 checkpoint is on disk.
+  process = subprocess.Popen(sam_jax_cmd(*common, "--workdir", str(broken)), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  mid_epoch3 = broken / "checkpoints" / "last" / "8"
+  deadline = time.time() + 300
+  while not mid_epoch3.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (broken / "results.json").exists()
+
+  resumed = subprocess.run(sam_jax_cmd("train", "--workdir", str(broken), "--resume"),
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  assert "resumed from step" in resumed.stdout  # step 8, or 9 if the kill came late
+  a = json.loads((whole / "results.json").read_text())
+  b = json.loads((broken / "results.json").read_text())
+  assert a["selected_epoch"] == b["selected_epoch"]
+  assert a["val"] == b["val"] and a["test"] == b["test"]
+  assert comparable(read_records(whole)) == comparable(read_records(broken))
+
+
+def test_existing_run_needs_resume(tiny_npz, tmp_path, capsys):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--epochs", "1", "--max-steps", "1",
+          "--workdir", str(tmp_path)]
+  assert cli.main(args) == 0
+  assert cli.main(args) == 2
+  assert "--resume" in capsys.readouterr().err
+
+
+def test_config_files_and_overrides(tiny_npz, tmp_path):
+  py = tmp_path / "config.py"
+  py.write_text(
+      "from sam_jax.train.config import TrainConfig\n"
+      f"def get_config():\n  return TrainConfig(dataset={tiny_npz!r}, model='resnet18', "
+      "width=0.0625, epochs=3, optimizer='gsam', rho=0.1, alpha=0.2, batch_size=32)\n")
+  js = tmp_path / "config.json"
+  js.write_text(json.dumps({"dataset": tiny_npz, "optimizer": "asam", "epochs": 4}))
+  args = cli._parse_train([
+      "--workdir", str(tmp_path / "w"), "--config", str(py), "--epochs", "1", "--rho", "0.2"])
+  config = cli.resolve_config(args)
+  assert (config.optimizer, config.epochs, config.rho, config.alpha) == ("gsam", 1, 0.2, 0.2)
+  config = cli.resolve_config(cli._parse_train(["--workdir", "w", "--config", str(js)]))
+  assert (config.optimizer, config.epochs) == ("asam", 4)
+  preset = cli.resolve_config(cli._parse_train(["--workdir", "w", "--preset", "medmnist",
+                                                "--dataset", "adrenalmnist3d"]))
+  assert (preset.model, preset.batch_size, preset.learning_rate) == ("resnet18_3d", 32, 1e-3)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--optimizer", "sammy"], "unknown optimizer 'sammy'; known: sgd, adam, adamw, sam"),
+        (["--model", "resnet19"], "unknown model 'resnet19'; known models:"),
+        (["--dataset", "breastmnsit", "--data-dir", "."], "unknown dataset 'breastmnsit'; known:"),
+        (["--optimizer", "sam", "--rho", "-0.1"], "rho must be >= 0.0"),
+        (["--optimizer", "sam", "--eta", "0.1"], "sam takes no 'eta'"),
+        (["--batch-size", "500"], "batch size 500 is larger than the 96 training examples"),
+        (["--model", "resnet18_3d"], "takes 3D volumes but tiny has 2D images"),
+        (["--parallel", "tpu"], "parallel must be one of"),
+    ],
+)
+def test_bad_options_fail_with_a_clear_message(tiny_npz, tmp_path, capsys, extra, message):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--workdir", str(tmp_path), *extra]
+  assert cli.main(args) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_non_finite_training_stops_and_names_the_step(tiny_npz, tmp_path, capsys):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--workdir", str(tmp_path), "--optimizer", "sgd",
+          "--momentum", "0", "--learning-rate", "1e30", "--epochs", "2"]
+  assert cli.main(args) == 3
+  err = capsys.readouterr().err
+  assert "non-finite" in err and "at step" in err and "--nonfinite skip" in err
+
+
+def test_skip_policy_counts_and_reports_skipped_steps(tiny_npz, tmp_path, capsys):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--workdir", str(tmp_path), "--optimizer", "sgd",
+          "--momentum", "0", "--learning-rate", "1e30", "--epochs", "1", "--nonfinite", "skip"]
+  assert cli.main(args) == 0
+  captured = capsys.readouterr()
+  assert "skipped: non-finite" in captured.err + captured.out
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["skipped_steps"] >= 1
+  assert read_records(tmp_path)[0]["skipped_steps"] == results["skipped_steps"]
+
+
+@pytest.mark.data
+def test_cpu_preset_on_breastmnist_writes_every_record(tmp_path, capsys):
+  data_dir = need(real_data_dir() / "medmnist" / "breastmnist.npz").parents[1]
+  workdir = tmp_path / "run"
+  args = ["train", "--preset", "cpu", "--dataset", "breastmnist", "--data-dir", str(data_dir),
+          "--optimizer", "sam", "--rho", "0.05", "--epochs", "1", "--workdir", str(workdir),
+          "--no-progress"]
+  assert cli.main(args) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert 0.0 <= summary["test_auc"] <= 1.0
+  for name in ("config.json", "metrics.jsonl", "results.json", "curves.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["dataset"]["sizes"] == {"train": 546, "val": 78, "test": 156}
+  assert results["versions"]["jax"] and results["device"]["platform"] == "cpu"
+  assert {"auc", "acc", "f1_macro", "sensitivity", "specificity"} <= set(results["test"])
+  record, = read_records(workdir)
+  assert "train_perturbed_loss" in record and record["epoch"] == 1
+
+  assert cli.main(["eval", str(workdir), "--split", "test"]) == 0
+  evaluated = json.loads(capsys.readouterr().out)
+  assert evaluated["test"]["auc"] == pytest.approx(results["test"]["auc"])

@@ -1,0 +1,78 @@
+"""Metrics against scikit-learn on random data (with ties), and MedMNIST semantics."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from sam_jax.train import metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("levels", [None, 5, 2])
+def test_auc_equals_sklearn_with_ties(seed, levels):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, 300)
+  scores = rng.normal(size=300) + labels * 0.7
+  if levels:  # coarse scores: many ties, within and across classes
+    scores = np.round(scores * levels / 3) / levels
+  assert metrics.roc_auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_auc_edge_cases():
+  assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+  assert metrics.roc_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+  assert metrics.roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+  assert np.isnan(metrics.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_binary_semantics_match_sklearn():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 200)
+  p1 = np.clip(rng.uniform(size=200) * 0.7 + labels * 0.3, 0, 1)
+  scores = np.stack([1 - p1, p1], axis=1)
+  out = metrics.evaluate("binary", labels, scores)
+  predictions = (p1 > 0.5).astype(int)
+  assert out["auc"] == pytest.approx(skm.roc_auc_score(labels, p1))
+  assert out["acc"] == pytest.approx(skm.accuracy_score(labels, predictions))
+  assert out["f1_macro"] == pytest.approx(skm.f1_score(labels, predictions, average="macro"))
+  assert out["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(labels, predictions))
+  assert out["sensitivity"] == pytest.approx(skm.recall_score(labels, predictions, pos_label=1))
+  assert out["specificity"] == pytest.approx(skm.recall_score(labels, predictions, pos_label=0))
+  assert out["confusion_matrix"] == skm.confusion_matrix(labels, predictions).tolist()
+  # A single positive-class score gives the same numbers.
+  assert metrics.evaluate("binary", labels, p1)["auc"] == out["auc"]
+
+
+@pytest.mark.parametrize("task", ["multiclass", "ordinal"])
+def test_multiclass_semantics_match_sklearn(task):
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 4, 300)
+  logits = rng.normal(size=(300, 4)) + np.eye(4)[labels] * 1.5
+  scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  out = metrics.evaluate(task, labels, scores)
+  predictions = scores.argmax(1)
+  ovr = np.mean([skm.roc_auc_score(labels == i, scores[:, i]) for i in range(4)])
+  assert out["auc"] == pytest.approx(ovr)
+  assert out["auc"] == pytest.approx(skm.roc_auc_score(labels, scores, multi_class="ovr", average="macro"))
+  assert out["acc"] == pytest.approx(skm.accuracy_score(labels, predictions))
+  assert out["f1_macro"] == pytest.approx(skm.f1_score(labels, predictions, average="macro"))
+  assert out["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(labels, predictions))
+  assert out["confusion_matrix"] == skm.confusion_matrix(labels, predictions).tolist()
+
+
+def test_multilabel_semantics():
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 2, (200, 5))
+  scores = np.clip(rng.uniform(size=(200, 5)) * 0.8 + labels * 0.2, 0, 1)
+  out = metrics.evaluate("multilabel", labels, scores)
+  assert out["auc"] == pytest.approx(np.mean([skm.roc_auc_score(labels[:, i], scores[:, i]) for i in range(5)]))
+  assert out["acc"] == pytest.approx(np.mean((scores > 0.5) == labels))
+  assert out["f1_macro"] == pytest.approx(skm.f1_score(labels, (scores > 0.5).astype(int), average="macro"))
+  assert len(out["confusion_matrix"]) == 5
+
+
+def test_missing_class_is_skipped_in_the_mean_auc():
+  labels = np.array([0, 0, 1, 1])
+  scores = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
+  out = metrics.evaluate("multiclass", labels, scores)
+  assert np.isnan(out["auc_per_class"][2]) and out["auc"] == 1.0
