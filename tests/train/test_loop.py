@@ -169,3 +169,34 @@ def test_cpu_preset_on_breastmnist_writes_every_record(tmp_path, capsys):
   assert cli.main(["eval", str(workdir), "--split", "test"]) == 0
   evaluated = json.loads(capsys.readouterr().out)
   assert evaluated["test"]["auc"] == pytest.approx(results["test"]["auc"])
+
+
+# Both wrappers and both perturbation modes (the step-level equalities are in
+# parallel_check.py; this checks placement, checkpoints and eval end to end).
+@pytest.mark.parametrize("mode", [["--parallel", "pmap"],
+                                  ["--parallel", "shard_map", "--perturbation", "synchronized"]])
+def test_parallel_runs_of_the_command_on_four_devices(tiny_npz, tmp_path, mode):
+  env = subprocess_env()
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+  workdir = tmp_path / "run"
+  args = ["train", "--dataset", tiny_npz, *TINY, "--optimizer", "sam", "--base-optimizer", "sgd",
+          "--learning-rate", "0.05", "--epochs", "2", "--workdir", str(workdir), *mode]
+  done = subprocess.run(sam_jax_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-4000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["device"]["count"] == 4 and results["steps"] == 6
+  assert 0.0 <= results["test"]["auc"] <= 1.0
+  # The checkpoint of the replicated state restores for evaluation.
+  evaluated = subprocess.run(sam_jax_cmd("eval", str(workdir), "--which", "last"), cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+  assert json.loads(evaluated.stdout)["step"] == 6
+
+
+def test_msharpness_run_of_the_command(tiny_npz, tmp_path):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--optimizer", "sam", "--m-sharpness", "4",
+          "--epochs", "1", "--workdir", str(tmp_path)]
+  assert cli.main(args) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["config"]["m_sharpness"] == 4 and results["steps"] == 3
