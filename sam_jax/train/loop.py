@@ -170,6 +170,9 @@ class _EpochSums:
 
   def add(self, metrics: dict) -> None:
     self.steps += 1
+    if not bool(metrics["finite"]):
+      self.skipped += 1  # not applied; its non-finite values stay out of the means
+      return
     for key in _TRAIN_KEYS:
       if key in metrics:
         self.sums[key] = self.sums.get(key, 0.0) + float(metrics[key])
@@ -295,7 +298,6 @@ def train_and_evaluate(
           if config.nonfinite == "error":
             raise NonFiniteError(message + " Lower the learning rate or rho, or pass "
                                  "--nonfinite skip to skip such steps.")
-          sums.skipped += 1
           bar.write(f"skipped: {message}")
         sums.add(metrics)
         return metrics
