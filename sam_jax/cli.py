@@ -19,12 +19,9 @@ import dataclasses
 import json
 import pathlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from sam_jax.train import config as config_lib
-
-_BOOL_FIELDS = {"download", "nesterov", "adaptive", "decouple", "progress"}
-
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, help="where records and checkpoints go")
@@ -33,18 +30,21 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   for field in dataclasses.fields(config_lib.TrainConfig):
     flag = "--" + field.name.replace("_", "-")
-    if field.name in _BOOL_FIELDS:
+    kind = _scalar_type(field)
+    if kind is bool:
       parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                           default=None)
     elif field.name == "milestones":
       parser.add_argument(flag, dest=field.name, type=float, nargs="+", default=None)
     else:
-      kind = _scalar_type(field)
       parser.add_argument(flag, dest=field.name, type=kind, default=None)
 
 
 def _scalar_type(field: dataclasses.Field):
+  """bool, float, int or str, from the field's annotation (a string here)."""
   text = str(field.type)
+  if "bool" in text:
+    return bool
   if "float" in text:
     return float
   if "int" in text:

@@ -24,7 +24,6 @@ def test_api_example_runs(capsys):
 
 
 def test_models_and_data_example_runs(capsys, monkeypatch):
-  import os
   import pytest
   from tests.data.conftest import real_data_dir
   data_dir = real_data_dir()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

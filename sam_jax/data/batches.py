@@ -25,7 +25,7 @@ class is therefore oversampled.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -183,7 +183,3 @@ def _gather(split: Split, idx: np.ndarray, batch_size: int) -> Batch:
     mask[len(idx):] = False
   return {"image": images, "label": labels.astype(np.int32), "index": index, "mask": mask}
 
-
-def stack_batches(batches: Sequence[Batch]) -> Batch:
-  """Stacks batches on a new leading axis (e.g. one per device for pmap)."""
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}

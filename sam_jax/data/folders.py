@@ -30,7 +30,7 @@ import os
 import pathlib
 import re
 import zipfile
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -265,7 +265,6 @@ def _decode(data: bytes, name: str, mode: str, size: Optional[int]) -> np.ndarra
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-      original = image.size
       image = image.convert(mode)
       if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
@@ -274,7 +273,7 @@ def _decode(data: bytes, name: str, mode: str, size: Optional[int]) -> np.ndarra
     raise ds.ImageReadError(f"cannot decode image {name}: {error}") from error
   if array.ndim == 2:
     array = array[..., None]
-  return array, original
+  return array
 
 
 def _decode_all(source, names, mode, size):
@@ -286,14 +285,14 @@ def _decode_all(source, names, mode, size):
     decoded = list(pool.map(work, names))
   if size is None:
     shapes = {}
-    for name, (array, _) in zip(names, decoded):
+    for name, array in zip(names, decoded):
       shapes.setdefault(array.shape, name)
     if len(shapes) > 1:
       examples = ", ".join(f"{n} is {s[1]}x{s[0]}" for s, n in list(shapes.items())[:3])
       raise ds.InconsistentImageSizeError(
           f"images differ in size ({examples}); pass size= to resize them all."
       )
-  return np.stack([a for a, _ in decoded]) if decoded else np.zeros((0, 1, 1, 1), np.uint8)
+  return np.stack(decoded) if decoded else np.zeros((0, 1, 1, 1), np.uint8)
 
 
 # ----------------------------------------------------------------------------

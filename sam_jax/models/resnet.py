@@ -21,7 +21,7 @@ Inputs are channel-last: ``(N, H, W, C)`` or ``(N, D, H, W, C)``, any ``C``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

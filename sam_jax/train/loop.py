@@ -48,7 +48,7 @@ from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.losses import loss_for_task
 from sam_jax.train.optim import build_optimizer, check_names
-from sam_jax.train.state import TrainState, create_train_state
+from sam_jax.train.state import create_train_state
 from sam_jax.train.step import NonFiniteError, make_eval_step, make_train_step, nonfinite_message
 
 PARALLEL_MODES = ("none", "pmap", "shard_map")

@@ -1,6 +1,5 @@
 """MedMNIST: the official table, real files, generated files, and every error."""
 
-import pathlib
 import re
 
 import numpy as np

@@ -1,6 +1,5 @@
 """F-SAM against a float64 NumPy transcription of the official update, over steps."""
 
-import numpy as np
 import optax
 import pytest
 
