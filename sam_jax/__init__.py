@@ -5,6 +5,7 @@ The public API is small: the optimizer factories (each an Optax
 call them. Models, data and training live in their subpackages.
 """
 
+from sam_jax import auc
 from sam_jax.optimizers import (
     asam,
     crsam,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "asam",
+    "auc",
     "crsam",
     "friendly_sam",
     "gcsam",

@@ -19,7 +19,8 @@ follows LibAUC's ``DualSampler``: each batch holds a fixed number of examples
 of each class; each class's examples are drawn from its own shuffled pool,
 cyclically, reshuffled whenever the pool is exhausted; an epoch has as many
 batches as the class needing the most takes to be seen once. The minority
-class is therefore oversampled.
+class is therefore oversampled. ``sampler="dual"`` is LibAUC's binary
+layout exactly (positives first, ``max(1, int(rate·B))`` of them).
 """
 
 from __future__ import annotations
@@ -77,6 +78,31 @@ def per_class_counts(
   return counts
 
 
+def _cyclic_batches(pools: list[np.ndarray], counts: list[int], num_batches: int,
+                    rng: np.random.Generator) -> np.ndarray:
+  """``num_batches`` rows of ``counts[k]`` draws from each pool, in pool order.
+
+  Each pool is visited in a shuffled order, cyclically, and reshuffled
+  whenever it is exhausted (LibAUC's ``DualSampler``).
+  """
+  order = [rng.permutation(pool) for pool in pools]
+  pointer = [0] * len(pools)
+  out = np.empty((num_batches, sum(counts)), np.int64)
+  for b in range(num_batches):
+    chunks = []
+    for c, k in enumerate(counts):
+      taken = []
+      while len(taken) < k:
+        if pointer[c] == len(order[c]):  # pool exhausted: reshuffle, start over
+          order[c], pointer[c] = rng.permutation(pools[c]), 0
+        step = min(k - len(taken), len(order[c]) - pointer[c])
+        taken.extend(order[c][pointer[c]:pointer[c] + step])
+        pointer[c] += step
+      chunks.append(np.asarray(taken, np.int64))
+    out[b] = np.concatenate(chunks)
+  return out.reshape(-1)
+
+
 def balanced_indices(
     labels: np.ndarray,
     batch_size: int,
@@ -89,30 +115,80 @@ def balanced_indices(
   counts = per_class_counts(labels, batch_size, fractions)
   rng = np.random.default_rng([seed, epoch, 1])
   pools = {c: np.flatnonzero(labels == c) for c in counts}
-  num_batches = max(len(pools[c]) // counts[c] for c in counts)
-  num_batches = max(num_batches, 1)
-  order = {c: rng.permutation(pools[c]) for c in counts}
-  pointer = {c: 0 for c in counts}
-  out = np.empty((num_batches, batch_size), np.int64)
-  for b in range(num_batches):
-    chunks = []
-    for c, k in counts.items():
-      taken = []
-      while len(taken) < k:
-        if pointer[c] == len(order[c]):  # pool exhausted: reshuffle, start over
-          order[c], pointer[c] = rng.permutation(pools[c]), 0
-        step = min(k - len(taken), len(order[c]) - pointer[c])
-        taken.extend(order[c][pointer[c]:pointer[c] + step])
-        pointer[c] += step
-      chunks.append(np.asarray(taken))
-    out[b] = np.concatenate(chunks)
-  return out.reshape(-1)
+  num_batches = max(1, max(len(pools[c]) // counts[c] for c in counts))
+  return _cyclic_batches([pools[c] for c in counts], list(counts.values()), num_batches, rng)
+
+
+def _positive_labels(labels: np.ndarray, task: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim == 2:
+    if not 0 <= task < labels.shape[1]:
+      raise ValueError(f"sampler_task {task} is not a label of this multi-label set "
+                       f"(0..{labels.shape[1] - 1}).")
+    labels = labels[:, task]
+  if not np.all(np.isin(labels, (0, 1))):
+    raise ValueError("the dual sampler needs binary labels (0/1), or a multi-label set and "
+                     f"the label to balance; got classes {np.unique(labels).tolist()[:10]}.")
+  return labels == 1
+
+
+def dual_counts(batch_size: int, sampling_rate: float) -> tuple[int, int]:
+  """LibAUC's ``(num_pos, num_neg)``: ``max(1, int(rate·B))`` positives, the rest negatives."""
+  if not 0 < sampling_rate < 1:
+    raise ValueError(f"sampling_rate must be in (0, 1), got {sampling_rate}.")
+  num_pos = max(1, int(sampling_rate * batch_size))
+  if num_pos >= batch_size:
+    raise ValueError(f"a dual batch of {batch_size} with sampling_rate {sampling_rate} leaves no "
+                     "room for negatives.")
+  return num_pos, batch_size - num_pos
+
+
+def num_dual_batches(labels: np.ndarray, batch_size: int, sampling_rate: float,
+                     task: int = 0) -> int:
+  """``max(n₊ // num_pos, n₋ // num_neg)``: the minority class is oversampled."""
+  positive = _positive_labels(labels, task)
+  num_pos, num_neg = dual_counts(batch_size, sampling_rate)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError(f"the dual sampler needs positives and negatives; the training set has "
+                     f"{n_pos} positive and {n_neg} negative examples.")
+  return max(1, n_pos // num_pos, n_neg // num_neg)
+
+
+def dual_indices(
+    labels: np.ndarray,
+    batch_size: int,
+    sampling_rate: float,
+    seed: int,
+    epoch: int,
+    task: int = 0,
+) -> np.ndarray:
+  """One epoch of LibAUC ``DualSampler`` indices (dataset indices).
+
+  Every batch is ``[num_pos positives][num_neg negatives]`` with ``num_pos =
+  max(1, int(sampling_rate·batch_size))``; each class is drawn from its own
+  shuffled pool, cyclically, reshuffled when exhausted; an epoch has
+  ``max(n₊ // num_pos, n₋ // num_neg)`` batches, so every example of the
+  class needing the most batches is seen once per epoch and the other class
+  is oversampled. The order is a function of ``(seed, epoch)``: a resumed
+  run recreates it (LibAUC seeds NumPy's global generator instead).
+  ``task`` picks the label that defines positives on multi-label data.
+  """
+  positive = _positive_labels(labels, task)
+  num_pos, num_neg = dual_counts(batch_size, sampling_rate)
+  num_batches = num_dual_batches(labels, batch_size, sampling_rate, task)
+  rng = np.random.default_rng([seed, epoch, 2])
+  return _cyclic_batches([np.flatnonzero(positive), np.flatnonzero(~positive)],
+                         [num_pos, num_neg], num_batches, rng)
 
 
 def num_train_batches(
     split: Split, batch_size: int, *, drop_last: bool = True, sampler: Optional[str] = None,
-    fractions: Optional[Mapping[int, float]] = None,
+    fractions: Optional[Mapping[int, float]] = None, sampling_rate: float = 0.5,
+    sampler_task: int = 0,
 ) -> int:
+  if sampler == "dual":
+    return num_dual_batches(split.labels, batch_size, sampling_rate, sampler_task)
   if sampler is not None or fractions is not None:
     counts = per_class_counts(split.labels, batch_size, fractions)
     return max(1, max(int(np.sum(split.labels == c)) // k for c, k in counts.items()))
@@ -128,6 +204,8 @@ def train_batches(
     drop_last: bool = True,
     sampler: Optional[str] = None,
     fractions: Optional[Mapping[int, float]] = None,
+    sampling_rate: float = 0.5,
+    sampler_task: int = 0,
     start_batch: int = 0,
 ) -> Iterator[Batch]:
   """Shuffled training batches of ``epoch``.
@@ -138,22 +216,27 @@ def train_batches(
     seed, epoch: the order is a function of both.
     drop_last: drop the last, incomplete batch (so every step has the same
       shape); otherwise it is padded and masked.
-    sampler: ``None`` (a permutation) or ``"balanced"`` (equal shares per
-      class, or ``fractions``).
+    sampler: ``None`` (a permutation), ``"balanced"`` (equal shares per
+      class, or ``fractions``) or ``"dual"`` (LibAUC's ``DualSampler``:
+      ``sampling_rate`` of each batch positives, see :func:`dual_indices`).
     fractions: per-class shares of each batch (implies balanced sampling).
+    sampling_rate, sampler_task: the dual sampler's share of positives and,
+      on multi-label data, the label that defines them.
     start_batch: skip the first batches (resuming inside an epoch).
   """
   n = len(split)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  if sampler not in (None, "balanced"):
-    raise ValueError(f"sampler must be None or 'balanced', got {sampler!r}.")
+  if sampler not in (None, "balanced", "dual"):
+    raise ValueError(f"sampler must be None, 'balanced' or 'dual', got {sampler!r}.")
   if drop_last and batch_size > n:
     raise ValueError(
         f"batch size {batch_size} is larger than the {n} training examples; "
         "use a smaller batch or drop_last=False."
     )
-  if sampler is not None or fractions is not None:
+  if sampler == "dual":
+    order = dual_indices(split.labels, batch_size, sampling_rate, seed, epoch, sampler_task)
+  elif sampler is not None or fractions is not None:
     order = balanced_indices(split.labels, batch_size, seed, epoch, fractions)
   else:
     order = epoch_permutation(n, seed, epoch)

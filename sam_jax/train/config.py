@@ -59,6 +59,26 @@ class TrainConfig:
   decay_factor: float = 0.1
   warmup_epochs: float = 0.0
   label_smoothing: float = 0.0
+  # Objective: the loss and its hyperparameters (LibAUC's names and defaults).
+  loss: str = "ce"                      # ce, weighted_ce, focal, aucm, aucm_v1, ap, pauc_cvar, pauc_kl, tpauc_kl
+  margin: float = 1.0                   # AUC losses' margin m (PESG's too)
+  surrogate: str = "squared_hinge"      # pairwise surrogate of the AP and pAUC losses
+  imratio: Optional[float] = None       # aucm_v1's p; None: each batch's positive fraction
+  ap_gamma: float = 0.9                 # AP: weight of the new batch estimate
+  pauc_beta: float = 0.2                # pauc_cvar: FPR range [0, beta]
+  pauc_eta: float = 0.1                 # pauc_cvar: step size of the thresholds s
+  pauc_gamma: float = 0.9               # pauc_kl, tpauc_kl: moving-average weight
+  pauc_lambda: float = 1.0              # pauc_kl, tpauc_kl: KL temperature
+  tpauc_tau: float = 1.0                # tpauc_kl: temperature over positives
+  focal_gamma: float = 2.0              # focal loss exponent
+  libauc_code: bool = False             # LibAUC's code where it departs from its documented formulas
+  # Deep AUC optimizers (pesg, soap, sopa, sopa_s); None keeps the optimizer's default.
+  dam_mode: Optional[str] = None        # "sgd" or "adam"
+  epoch_decay: Optional[float] = None   # pull toward the reference point
+  clip_value: Optional[float] = None    # element-wise gradient clipping
+  momentum_convention: str = "heavy_ball"  # PESG: or "libauc" (buf = (1-mu) buf + mu d)
+  reset_reference: bool = True          # reference point := average iterate at each milestone
+  init_from: Optional[str] = None       # start from another run's best weights (two-stage recipe)
   # Sharpness hyperparameters (paper names); None keeps the method's default.
   rho: Optional[float] = None
   rho_min: Optional[float] = None       # GSAM: ρ follows the lr down to rho_min
@@ -70,6 +90,10 @@ class TrainConfig:
   lmbda: Optional[float] = None         # F-SAM
   adaptive: Optional[bool] = None       # SAM, GSAM, WSAM, F-SAM element-wise variants
   decouple: Optional[bool] = None       # WSAM
+  # Sampling.
+  sampler: str = "shuffle"              # "shuffle" or "dual" (a fixed share of positives per batch)
+  sampling_rate: float = 0.5            # dual: share of positives in each batch
+  sampler_task: int = 0                 # dual on multi-label data: the label that defines positives
   # Loop.
   epochs: int = 100
   batch_size: int = 128

@@ -16,9 +16,17 @@ from typing import Any, Callable
 import optax
 
 import sam_jax
+import sam_jax.auc
+from sam_jax.train import objectives
 from sam_jax.train.config import TrainConfig
 
-BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
+DAM_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "pesg": sam_jax.auc.pesg,
+    "soap": sam_jax.auc.soap,
+    "sopa": sam_jax.auc.sopa,
+    "sopa_s": sam_jax.auc.sopa_s,
+}
+BASE_OPTIMIZERS = ("sgd", "adam", "adamw") + tuple(DAM_OPTIMIZERS)
 SHARPNESS_METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "sam": sam_jax.sam,
     "asam": sam_jax.asam,
@@ -44,6 +52,20 @@ def check_names(config: TrainConfig) -> None:
                      f"{', '.join(BASE_OPTIMIZERS)}.")
   if config.schedule not in SCHEDULES:
     raise ValueError(f"unknown schedule {config.schedule!r}; known: {', '.join(SCHEDULES)}.")
+  if config.loss not in objectives.LOSSES:
+    raise ValueError(f"unknown loss {config.loss!r}; known: {', '.join(objectives.LOSSES)}.")
+  base = config.base_optimizer if config.optimizer in SHARPNESS_METHODS else config.optimizer
+  if config.loss in ("aucm", "aucm_v1") and base != "pesg":
+    raise ValueError(f"loss {config.loss!r} is a min-max objective whose dual variable only "
+                     f"PESG updates; use --optimizer pesg (or a sharpness method with "
+                     f"--base-optimizer pesg), not {base!r}.")
+  if base == "pesg" and config.loss not in ("aucm", "aucm_v1"):
+    raise ValueError(f"pesg optimizes the AUC-margin loss; use --loss aucm (or aucm_v1), not "
+                     f"{config.loss!r} (soap, sopa and sopa_s suit the other losses).")
+  if config.dam_mode not in (None, "sgd", "adam"):
+    raise ValueError(f"dam_mode must be 'sgd' or 'adam', got {config.dam_mode!r}.")
+  if config.dam_mode is not None and base not in DAM_OPTIMIZERS:
+    raise ValueError(f"dam_mode applies to {', '.join(DAM_OPTIMIZERS)}, not {base!r}.")
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -63,7 +85,38 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
   return schedule
 
 
-def _base(name: str, schedule: optax.Schedule, config: TrainConfig) -> optax.GradientTransformation:
+def milestone_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[int, ...]:
+  """Steps at which a multistep schedule decays (the DAM recipes' stage boundaries)."""
+  if config.schedule != "multistep":
+    return ()
+  total = max(1, config.epochs * steps_per_epoch)
+  return tuple(sorted({int(round(m * total)) for m in config.milestones} - {0}))
+
+
+def dam_kwargs(config: TrainConfig, name: str, steps_per_epoch: int) -> dict[str, Any]:
+  """Arguments of a deep-AUC optimizer from the config (``None`` fields keep its defaults)."""
+  kwargs: dict[str, Any] = {"weight_decay": config.weight_decay, "momentum": config.momentum,
+                            "nesterov": config.nesterov, "seed": config.seed}
+  for field, arg in (("dam_mode", "mode"), ("epoch_decay", "epoch_decay"),
+                     ("clip_value", "clip_value")):
+    if getattr(config, field) is not None:
+      kwargs[arg] = getattr(config, field)
+  if config.reset_reference:
+    kwargs["reference_resets"] = milestone_steps(config, steps_per_epoch)
+  if config.libauc_code:
+    kwargs["reference_init"] = "noise"
+  if name == "pesg":
+    kwargs.update(margin=config.margin, momentum_convention=config.momentum_convention)
+  elif config.momentum_convention != "heavy_ball":
+    raise ValueError(f"momentum_convention {config.momentum_convention!r} is PESG's option; "
+                     f"{name} uses heavy-ball momentum.")
+  return kwargs
+
+
+def _base(name: str, schedule: optax.Schedule, config: TrainConfig,
+          steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  if name in DAM_OPTIMIZERS:
+    return DAM_OPTIMIZERS[name](schedule, **dam_kwargs(config, name, steps_per_epoch))
   if name == "sgd":
     return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
   if name == "adam":
@@ -95,9 +148,10 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gr
   schedule = learning_rate_schedule(config, steps_per_epoch)
   method = config.optimizer if config.optimizer in SHARPNESS_METHODS else None
   base_name = config.base_optimizer if method else config.optimizer
-  base = _base(base_name, schedule, config)
+  base = _base(base_name, schedule, config, steps_per_epoch)
+  # adamw and the deep-AUC optimizers apply their own weight decay.
   decay = (optax.add_decayed_weights(config.weight_decay)
-           if config.weight_decay and base_name != "adamw" else None)
+           if config.weight_decay and base_name in ("sgd", "adam") else None)
   clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else None
 
   if method is None:

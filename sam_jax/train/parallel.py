@@ -23,7 +23,7 @@ the same call signature ``(state, batch, rng) -> (state, metrics)``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +119,41 @@ def msharpness_step(build: StepBuilder, k: int) -> Callable:
     return jax.tree.map(lambda x: x[0], states), jax.tree.map(lambda x: x[0], metrics)
 
   return jax.jit(run, donate_argnums=(0,))
+
+
+class Placement(NamedTuple):
+  """A compiled step with the state and batches where it wants them.
+
+  Attributes:
+    step_fn: ``(device_state, device_batch, rng) -> (device_state, metrics)``.
+    to_device: host state -> what ``step_fn`` takes.
+    to_host: ``step_fn``'s state -> one host copy (for evaluation and saving).
+    place_batch: host batch -> what ``step_fn`` takes.
+    first_copy: metrics -> one device's metrics (pmap returns one per device).
+  """
+
+  step_fn: Callable
+  to_device: Callable
+  to_host: Callable
+  place_batch: Callable
+  first_copy: Callable
+
+
+def place(build: StepBuilder, mode: str = "none", m_sharpness: int = 1) -> Placement:
+  """The step compiled for ``mode`` (``"none"``, ``"pmap"``, ``"shard_map"``)."""
+  same = lambda x: x
+  if mode == "pmap":
+    n = jax.local_device_count()
+    return Placement(pmap_step(build), lambda s: replicate(s, n), unreplicate,
+                     lambda b: shard_batch(b, n), unreplicate)
+  if mode == "shard_map":
+    mesh = make_mesh()
+    return Placement(shard_map_step(build, mesh), lambda s: place_for_shard_map(mesh, state=s),
+                     same, lambda b: place_for_shard_map(mesh, batch=b), same)
+  if m_sharpness > 1:
+    return Placement(msharpness_step(build, m_sharpness), same, same, same, same)
+  return Placement(jit_step(build), same, same, same, same)
+
+
+def device_count(mode: str) -> int:
+  return {"none": 1, "pmap": jax.local_device_count(), "shard_map": jax.device_count()}[mode]

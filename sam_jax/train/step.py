@@ -52,6 +52,7 @@ import optax
 from sam_jax import optimizers
 from sam_jax.data import augment as augment_lib
 from sam_jax.data import dataset as ds
+from sam_jax.train import objectives
 from sam_jax.train.losses import LossFn, masked_mean, probabilities
 from sam_jax.train.state import TrainState
 
@@ -90,7 +91,7 @@ def accuracy(task: str, logits: jax.Array, labels: jax.Array, mask: Optional[jax
 
 def make_train_step(
     apply_fn: Callable[..., tuple[jax.Array, Any]],
-    loss_fn: LossFn,
+    loss_fn: LossFn | objectives.Objective,
     tx: optax.GradientTransformation,
     *,
     task: str = ds.MULTICLASS,
@@ -104,7 +105,10 @@ def make_train_step(
   Args:
     apply_fn: ``(params, model_state, inputs, *, train, rng) -> (logits,
       new_model_state)`` (see :mod:`sam_jax.models.adapters`).
-    loss_fn: ``(logits, labels, mask) -> scalar``.
+    loss_fn: ``(logits, labels, mask) -> scalar``, or an
+      :class:`~sam_jax.train.objectives.Objective` (variables and per-example
+      state; the state computed by the clean pass is kept, the perturbed
+      passes' is dropped).
     tx: any optax transformation; sharpness-aware ones get ``grad_fn``.
     task: for the accuracy metric (``multilabel`` thresholds at 0).
     augment_fn: ``(key, uint8 images, train=True) -> float32``; default:
@@ -118,13 +122,15 @@ def make_train_step(
 
   Returns:
     ``step(state, batch, rng) -> (state, metrics)``. ``batch`` holds
-    ``image`` (uint8), ``label``, and optionally ``mask``; ``rng`` is this
+    ``image`` (uint8), ``label``, and optionally ``mask`` and ``index``
+    (needed by objectives with per-example state); ``rng`` is this
     step's key (the loop derives it from the seed and the step number).
   """
   if perturbation not in PERTURBATIONS:
     raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
   augment_fn = augment_fn or (lambda key, images, train=True: augment_lib.normalize(images))
   vary = vary or (lambda tree: tree)
+  objective = objectives.as_objective(loss_fn)
   synchronized = axis_name is not None and perturbation == "synchronized"
 
   def step(state: TrainState, batch: Batch, rng: jax.Array):
@@ -133,22 +139,25 @@ def make_train_step(
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     dropout_rng, augment_rng = jax.random.split(rng)
     images = augment_fn(augment_rng, batch["image"], train=True)
-    labels, mask = batch["label"], batch.get("mask")
+    labels, mask, index = batch["label"], batch.get("mask"), batch.get("index")
 
     def loss_and_aux(params):
+      model_params, variables = objectives.split_params(params)
       logits, new_model_state = apply_fn(
-          params, state.model_state, images, train=True, rng=dropout_rng
+          model_params, state.model_state, images, train=True, rng=dropout_rng
       )
-      return loss_fn(logits, labels, mask), (logits, new_model_state)
+      value, new_objective_state = objective.loss(
+          variables, state.objective_state, logits, labels, index, mask)
+      return value, (logits, new_model_state, new_objective_state)
 
     def value_and_grads(params):
       return jax.value_and_grad(loss_and_aux, has_aux=True)(vary(params))
 
-    (loss, (logits, new_model_state)), grads = value_and_grads(state.params)
+    (loss, (logits, new_model_state, new_objective_state)), grads = value_and_grads(state.params)
 
     def grad_fn(params):
-      # Same batch, same dropout key; this pass's BatchNorm statistics are
-      # dropped: only the clean pass's are kept.
+      # Same batch, same dropout key; this pass's BatchNorm statistics and
+      # objective state are dropped: only the clean pass's are kept.
       (value, _), g = value_and_grads(params)
       if synchronized:
         g, value = jax.lax.pmean((g, value), axis_name)
@@ -166,6 +175,8 @@ def make_train_step(
     )
     new_params = optax.apply_updates(state.params, updates)
     new_model_state = _mean_floats(new_model_state, axis_name)
+    new_objective_state = objectives.merge_across_devices(
+        state.objective_state, new_objective_state, axis_name)
 
     leaf_ok = jnp.stack([
         _all_finite(g) & _all_finite(u)
@@ -176,8 +187,9 @@ def make_train_step(
       leaf_ok = jax.lax.pmin(leaf_ok.astype(jnp.int32), axis_name).astype(bool)
       finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
 
-    candidate = TrainState(state.step + 1, new_params, new_model_state, opt_state)
-    kept = TrainState(state.step + 1, state.params, state.model_state, state.opt_state)
+    candidate = TrainState(state.step + 1, new_params, new_model_state, opt_state,
+                           new_objective_state)
+    kept = state._replace(step=state.step + 1)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), candidate, kept)
 
     metrics = {
@@ -209,7 +221,8 @@ def make_eval_step(
 
   def eval_step(state: TrainState, batch: Batch):
     images = augment_fn(jax.random.key(0), batch["image"], train=False)
-    logits, _ = apply_fn(state.params, state.model_state, images, train=False, rng=None)
+    logits, _ = apply_fn(objectives.model_params(state.params), state.model_state, images,
+                         train=False, rng=None)
     per_example = jax.vmap(lambda lg, lb: loss_fn(lg[None], lb[None], None))(logits, batch["label"])
     return {"scores": probabilities(task, logits), "loss": per_example}
 

@@ -113,7 +113,14 @@ def test_config_files_and_overrides(tiny_npz, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--optimizer", "sammy"], "unknown optimizer 'sammy'; known: sgd, adam, adamw, sam"),
+        (["--optimizer", "sammy"], "unknown optimizer 'sammy'; known: sgd, adam, adamw, pesg, soap, sopa, sopa_s, sam"),
+        (["--loss", "aucm", "--optimizer", "soap"], "only PESG updates; use --optimizer pesg"),
+        (["--loss", "ap", "--optimizer", "pesg"], "pesg optimizes the AUC-margin loss"),
+        (["--loss", "aucm", "--optimizer", "sam", "--base-optimizer", "adam"],
+         "--base-optimizer pesg), not 'adam'"),
+        (["--loss", "hinge"], "unknown loss 'hinge'; known: ce,"),
+        (["--sampler", "dual", "--sampling-rate", "1.5"], "sampling_rate must be in (0, 1)"),
+        (["--init-from", "/nonexistent/run"], "is not a run directory (no config.json)"),
         (["--model", "resnet19"], "unknown model 'resnet19'; known models:"),
         (["--dataset", "breastmnsit", "--data-dir", "."], "unknown dataset 'breastmnsit'; known:"),
         (["--optimizer", "sam", "--rho", "-0.1"], "rho must be >= 0.0"),

@@ -1,0 +1,88 @@
+"""What a run writes in its work directory, besides checkpoints.
+
+* ``config.json``: the configuration (the record of what was run);
+* ``metrics.jsonl``: one JSON line per epoch;
+* ``results.json``: configuration, versions, device, the selected epoch's
+  val and test metrics, timings;
+* ``curves.png``: train/val loss and val/test AUC per epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import platform
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def versions() -> dict[str, str]:
+  out = {"python": sys.version.split()[0]}
+  for package in ("sam-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+    try:
+      out[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      out[package] = "not installed"
+  return out
+
+
+def device_info() -> dict[str, Any]:
+  device = jax.devices()[0]
+  return {"platform": device.platform, "kind": device.device_kind,
+          "count": jax.device_count(), "host": platform.platform()}
+
+
+class EpochLog:
+  """``metrics.jsonl``: appended once per epoch, cut back on resume."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = workdir / "metrics.jsonl"
+
+  def start(self) -> None:
+    self.path.write_text("")
+
+  def truncate(self, epochs_done: int) -> None:
+    """Drops the records of epochs after the checkpoint (1-based epoch numbers)."""
+    if not self.path.exists():
+      return
+    lines = [line for line in self.path.read_text().splitlines()
+             if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    self.path.write_text("".join(line + "\n" for line in lines))
+
+  def append(self, record: dict) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def read(self) -> list[dict]:
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: pathlib.Path, value: Any) -> None:
+  path.write_text(json.dumps(value, indent=2))
+
+
+def plot_curves(records: list[dict], path: pathlib.Path, title: str = "") -> None:
+  """Train/val loss and val/test AUC per epoch, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import matplotlib.ticker
+
+  epochs = [r["epoch"] for r in records]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  left.plot(epochs, [r.get("train_loss", np.nan) for r in records], label="train")
+  left.plot(epochs, [r["val"]["loss"] for r in records], label="val")
+  left.set_xlabel("epoch"); left.set_ylabel("loss"); left.legend()
+  right.plot(epochs, [r["val"]["auc"] for r in records], label="val")
+  right.plot(epochs, [r["test"]["auc"] for r in records], label="test")
+  right.set_xlabel("epoch"); right.set_ylabel("AUC"); right.legend()
+  for axis in (left, right):
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

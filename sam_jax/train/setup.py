@@ -1,0 +1,242 @@
+"""Set-up: from a config to the pieces a run needs (data, model, objective, optimizer, state).
+
+Each function here does one thing and raises ``ValueError`` naming the option
+at fault; :func:`build` wires them into a :class:`Run`. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sam_jax import data as data_lib
+from sam_jax import models
+from sam_jax.data import augment as augment_lib
+from sam_jax.data import batches as batches_lib
+from sam_jax.data import dataset as ds
+from sam_jax.train import config as config_lib
+from sam_jax.train import objectives
+from sam_jax.train.checkpoint import Checkpointer
+from sam_jax.train.config import TrainConfig
+from sam_jax.train.optim import build_optimizer, check_names
+from sam_jax.train.state import TrainState, create_train_state
+
+PARALLEL_MODES = ("none", "pmap", "shard_map")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SAMPLERS = ("shuffle", "dual")
+
+
+def load_data(config: TrainConfig) -> ds.Dataset:
+  if config.dataset.endswith(".npz"):
+    return data_lib.medmnist.load(config.dataset)
+  return data_lib.load_dataset(config.dataset, config.data_dir, size=config.size,
+                               download=config.download)
+
+
+def check_config(config: TrainConfig) -> None:
+  """Raises ``ValueError`` naming every option that cannot work (before any data is read)."""
+  check_names(config)
+  models.model_entry(config.model)
+  choices = {"parallel": PARALLEL_MODES, "dtype": tuple(DTYPES),
+             "augment": ("none", "standard"), "select_by": ("auc", "loss"),
+             "perturbation": ("per_device", "synchronized"), "nonfinite": ("error", "skip"),
+             "sampler": SAMPLERS, "momentum_convention": ("heavy_ball", "libauc")}
+  for field, allowed in choices.items():
+    if getattr(config, field) not in allowed:
+      raise ValueError(f"{field} must be one of {allowed}, got {getattr(config, field)!r}.")
+  if config.checkpoint_every_steps is not None and config.checkpoint_every_steps < 1:
+    raise ValueError(f"checkpoint_every_steps must be >= 1, got {config.checkpoint_every_steps}.")
+  positive = {"epochs": config.epochs, "batch_size": config.batch_size,
+              "eval_batch_size": config.eval_batch_size, "m_sharpness": config.m_sharpness,
+              "learning_rate": config.learning_rate, "pauc_lambda": config.pauc_lambda,
+              "tpauc_tau": config.tpauc_tau}
+  for field, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"{field} must be > 0, got {value}.")
+  unit = {"ap_gamma": config.ap_gamma, "pauc_gamma": config.pauc_gamma,
+          "pauc_beta": config.pauc_beta}
+  for field, value in unit.items():
+    if not 0 < value <= 1:
+      raise ValueError(f"{field} must be in (0, 1], got {value}.")
+  if not config.margin >= 0:
+    raise ValueError(f"margin must be >= 0, got {config.margin}.")
+  if config.sampler == "dual" and not 0 < config.sampling_rate < 1:
+    raise ValueError(f"sampling_rate must be in (0, 1), got {config.sampling_rate}.")
+  if config.parallel != "none" and config.m_sharpness > 1:
+    raise ValueError("m_sharpness > 1 splits the batch on one device; with parallel "
+                     f"{config.parallel!r} each device's batch already sets m.")
+  if config.batch_size % config.m_sharpness:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by m_sharpness "
+                     f"{config.m_sharpness}.")
+
+
+def check_against_data(config: TrainConfig, dataset: ds.Dataset) -> None:
+  """The checks that need the dataset: loss vs task, batch vs size, sampler vs labels."""
+  objectives.check_loss(config.loss, dataset.task, dataset.name)
+  train = dataset["train"]
+  if config.batch_size > len(train):
+    raise ValueError(f"batch size {config.batch_size} is larger than the {len(train)} "
+                     f"training examples of {dataset.name}.")
+  if config.sampler == "dual":
+    if dataset.task not in (ds.BINARY, ds.MULTILABEL):
+      raise ValueError(f"the dual sampler balances positives and negatives; {dataset.name} is "
+                       f"{dataset.task}.")
+    batches_lib.num_dual_batches(train.labels, config.batch_size, config.sampling_rate,
+                                 config.sampler_task)
+
+
+def build_model(config: TrainConfig, dataset: ds.Dataset):
+  entry = models.model_entry(config.model)
+  if entry.spatial_dims != dataset.spatial_dims:
+    kind = {2: "2D images", 3: "3D volumes"}
+    raise ValueError(
+        f"model {config.model!r} takes {kind[entry.spatial_dims]} but {dataset.name} has "
+        f"{kind[dataset.spatial_dims]} of shape {dataset.image_shape}; choose a "
+        f"{'3D model (resnet18_3d, resnet50_3d)' if dataset.spatial_dims == 3 else '2D model'}."
+    )
+  kwargs: dict[str, Any] = {"dtype": DTYPES[config.dtype]}
+  if config.width != 1.0 or config.model.startswith(("resnet", "vgg")):
+    kwargs["width"] = config.width
+  if config.patch_size is not None:
+    kwargs["patch_size"] = config.patch_size
+  if config.stem is not None:
+    kwargs["stem"] = config.stem
+  try:
+    return models.create_model(config.model, dataset.num_classes, **kwargs)
+  except TypeError as error:
+    raise ValueError(f"model {config.model!r} does not take one of {sorted(kwargs)}: {error}")
+
+
+def build_objective(config: TrainConfig, dataset: ds.Dataset) -> objectives.Objective:
+  """The training objective named by ``config.loss``, sized for the training split."""
+  task, train = dataset.task, dataset["train"]
+  n = len(train)
+  pair = dict(margin=config.margin, surrogate=config.surrogate)
+  if config.loss == "ce":
+    return objectives.cross_entropy(task, config.label_smoothing)
+  if config.loss == "weighted_ce":
+    from sam_jax import auc
+    return objectives.weighted_ce(auc.balanced_class_weights(train.labels, dataset.num_classes))
+  if config.loss == "focal":
+    return objectives.focal(config.focal_gamma)
+  if config.loss in ("aucm", "aucm_v1"):
+    return objectives.aucm(
+        task, train.labels.shape[1] if task == ds.MULTILABEL else None, margin=config.margin,
+        version="v2" if config.loss == "aucm" else "v1", imratio=config.imratio,
+        libauc_v2_negative_mean=config.libauc_code)
+  if config.loss == "ap":
+    return objectives.ap(task, n, gamma=config.ap_gamma, **pair)
+  if config.loss == "pauc_cvar":
+    return objectives.pauc_cvar(
+        task, n, beta=config.pauc_beta, eta=config.pauc_eta,
+        num_positives=None if config.libauc_code else objectives.positive_count(train.labels),
+        **pair)
+  if config.loss == "pauc_kl":
+    return objectives.pauc_kl(task, n, gamma=config.pauc_gamma, lmbda=config.pauc_lambda, **pair)
+  return objectives.tpauc_kl(task, n, tau=config.tpauc_tau, lmbda=config.pauc_lambda,
+                             gammas=(config.pauc_gamma, config.pauc_gamma), **pair)
+
+
+def augment_config(config: TrainConfig, spatial_dims: int) -> augment_lib.AugmentConfig:
+  if config.augment == "none":
+    return augment_lib.AugmentConfig()
+  if spatial_dims == 3:
+    return augment_lib.AugmentConfig.standard_3d()
+  return augment_lib.AugmentConfig.standard_2d()
+
+
+# ----------------------------------------------------------------------------
+# Batches.
+
+
+def steps_per_epoch(config: TrainConfig, train: ds.Split) -> int:
+  if config.sampler == "dual":
+    return batches_lib.num_train_batches(train, config.batch_size, sampler="dual",
+                                         sampling_rate=config.sampling_rate,
+                                         sampler_task=config.sampler_task)
+  return batches_lib.num_train_batches(train, config.batch_size)
+
+
+def train_batches(config: TrainConfig, train: ds.Split, epoch: int,
+                  start_batch: int = 0) -> Iterator[dict]:
+  """The batches of ``epoch`` from ``start_batch`` on (a function of seed and epoch)."""
+  sampler = "dual" if config.sampler == "dual" else None
+  return batches_lib.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch,
+                                   sampler=sampler, sampling_rate=config.sampling_rate,
+                                   sampler_task=config.sampler_task, start_batch=start_batch)
+
+
+# ----------------------------------------------------------------------------
+# Restoring another run (evaluation, --init-from).
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  config: TrainConfig
+  state: TrainState
+  meta: dict
+  apply_fn: Callable
+  step: int
+
+
+def read_run_config(workdir: str | pathlib.Path) -> TrainConfig:
+  saved = pathlib.Path(workdir) / "config.json"
+  if not saved.is_file():
+    raise FileNotFoundError(f"{workdir} is not a run directory (no config.json).")
+  return config_lib.from_dict(json.loads(saved.read_text()))
+
+
+def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str = "best",
+                config: Optional[TrainConfig] = None) -> RestoredRun:
+  """A saved run's state, rebuilt from its ``config.json`` for ``dataset``."""
+  workdir = pathlib.Path(workdir)
+  config = config or read_run_config(workdir)
+  model = build_model(config, dataset)
+  apply_fn, params, model_state = models.from_linen(model, jax.random.key(0),
+                                                    dataset["train"].images[:1])
+  batch = min(config.batch_size, len(dataset["train"]))
+  tx, _ = build_optimizer(config.replace(batch_size=batch),
+                          batches_lib.num_train_batches(dataset["train"], batch))
+  template = create_train_state(params, model_state, tx, build_objective(config, dataset))
+  checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  try:
+    step = checkpointer.latest_step(which)
+    if step is None:
+      raise FileNotFoundError(f"no {which} checkpoint under {workdir / 'checkpoints'}.")
+    try:
+      state, meta = checkpointer.restore(template, which)
+    except ValueError as error:
+      raise ValueError(f"the checkpoint in {workdir} does not fit {dataset.name} "
+                       f"({dataset.num_classes} classes, images {dataset.image_shape}): {error}")
+  finally:
+    checkpointer.close()
+  return RestoredRun(config, state, meta, apply_fn, step)
+
+
+def _describe(config: TrainConfig) -> str:
+  return f"{config.model} width {config.width}"
+
+
+def initial_state(config: TrainConfig, dataset: ds.Dataset, tx: optax.GradientTransformation,
+                  objective: objectives.Objective, init_key: jax.Array):
+  """``(apply_fn, state)``: fresh weights, or another run's best (``init_from``)."""
+  model = build_model(config, dataset)
+  apply_fn, params, model_state = models.from_linen(model, init_key, dataset["train"].images[:1])
+  if config.init_from:
+    source = restore_run(config.init_from, dataset)
+    loaded = objectives.model_params(source.state.params)
+    same = (jax.tree.structure(loaded) == jax.tree.structure(params) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree.leaves(loaded),
+                                                   jax.tree.leaves(params))))
+    if not same:
+      raise ValueError(f"init_from: {config.init_from} holds a {_describe(source.config)} "
+                       f"model; this run builds a {_describe(config)} one.")
+    params, model_state = loaded, source.state.model_state
+  return apply_fn, create_train_state(params, model_state, tx, objective)
