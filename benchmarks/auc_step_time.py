@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 import sam_jax
-from benchmarks.step_time import parse_model
+from benchmarks.step_time import parse_model, time_interleaved
 from sam_jax import auc, models
 from sam_jax.train import objectives, parallel
 from sam_jax.train.state import create_train_state
@@ -74,13 +74,7 @@ def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int) -> dict
     jax.block_until_ready(metrics)
     compile_s[method] = time.perf_counter() - start
     runs[method] = {"step": step, "state": state, "times": []}
-  for r in range(rounds):
-    for method, run in runs.items():
-      for i in range(steps):
-        start = time.perf_counter()
-        run["state"], metrics = run["step"](run["state"], batch, jax.random.key(r * steps + i))
-        jax.block_until_ready((run["state"], metrics))
-        run["times"].append(time.perf_counter() - start)
+  time_interleaved(runs, batch, rounds, steps)
   reference = statistics.median(runs["ce + adam"]["times"])
   table = {method: {"median_s": statistics.median(run["times"]),
                     "ratio_to_ce_adam": statistics.median(run["times"]) / reference,

@@ -87,6 +87,21 @@ def parse_model(spec: str):
   return name, {"width": float(arg or 1.0)}, f"{name} width {float(arg or 1.0)}"
 
 
+def time_interleaved(runs: dict, batch: dict, rounds: int, steps: int) -> None:
+  """Appends each run's step times to ``run["times"]``, the runs taking turns in rounds.
+
+  ``runs`` maps a name to ``{"step", "state", "times"}``; interleaving spreads a
+  busy machine's noise over all of them.
+  """
+  for r in range(rounds):
+    for run in runs.values():
+      for i in range(steps):
+        start = time.perf_counter()
+        run["state"], metrics = run["step"](run["state"], batch, jax.random.key(r * steps + i))
+        jax.block_until_ready((run["state"], metrics))
+        run["times"].append(time.perf_counter() - start)
+
+
 def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only) -> dict:
   name, kwargs, label = parse_model(spec)
   model = models.create_model(name, 2, **kwargs)
@@ -107,13 +122,7 @@ def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only) -
     jax.block_until_ready(metrics)
     compile_s[method] = time.perf_counter() - start
     runs[method] = {"step": step, "state": state, "times": []}
-  for r in range(rounds):
-    for method, run in runs.items():
-      for i in range(steps):
-        start = time.perf_counter()
-        run["state"], metrics = run["step"](run["state"], batch, jax.random.key(r * steps + i))
-        jax.block_until_ready((run["state"], metrics))
-        run["times"].append(time.perf_counter() - start)
+  time_interleaved(runs, batch, rounds, steps)
   sgd = statistics.median(runs["sgd"]["times"]) if "sgd" in runs else None
   table = {}
   for method, run in runs.items():

@@ -90,9 +90,6 @@ def pesg(
     2021. Guo et al. Fast Objective & Duality Gap Convergence for Nonconvex-
     Strongly-Concave Min-Max Problems. 2020. LibAUC ``libauc/optimizers/pesg.py``.
   """
-  return _dam.dam_optimizer(
-      "pesg", learning_rate, mode=mode, clip_value=clip_value, weight_decay=weight_decay,
-      epoch_decay=epoch_decay, momentum=momentum, momentum_convention=momentum_convention,
-      nesterov=nesterov, dampening=dampening, b1=b1, b2=b2, eps=eps,
-      reference_resets=reference_resets, reference_init=reference_init, seed=seed,
-      dual_margin=margin)
+  # Every argument of this factory is one of the shared update's (see _dam).
+  options = dict(locals())
+  return _dam.dam_optimizer("pesg", dual_margin=options.pop("margin"), **options)

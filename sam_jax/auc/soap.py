@@ -45,8 +45,5 @@ def soap(
     Qi, Luo, Xu, Ji, Yang. Stochastic Optimization of Areas Under
     Precision-Recall Curves with Provable Convergence. NeurIPS 2021.
   """
-  return _dam.dam_optimizer(
-      "soap", learning_rate, mode=mode, clip_value=clip_value, weight_decay=weight_decay,
-      epoch_decay=epoch_decay, momentum=momentum, momentum_convention="heavy_ball",
-      nesterov=nesterov, dampening=dampening, b1=b1, b2=b2, eps=eps,
-      reference_resets=reference_resets, reference_init=reference_init, seed=seed)
+  # Every argument of this factory is one of the shared update's (see _dam).
+  return _dam.dam_optimizer("soap", momentum_convention="heavy_ball", **locals())

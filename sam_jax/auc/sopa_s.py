@@ -39,8 +39,5 @@ def sopa_s(
   References:
     Zhu, Li, Guo, Zhang, Yang. When AUC meets DRO. ICML 2022.
   """
-  return _dam.dam_optimizer(
-      "sopa_s", learning_rate, mode=mode, clip_value=clip_value, weight_decay=weight_decay,
-      epoch_decay=epoch_decay, momentum=momentum, momentum_convention="heavy_ball",
-      nesterov=nesterov, dampening=dampening, b1=b1, b2=b2, eps=eps,
-      reference_resets=reference_resets, reference_init=reference_init, seed=seed)
+  # Every argument of this factory is one of the shared update's (see _dam).
+  return _dam.dam_optimizer("sopa_s", momentum_convention="heavy_ball", **locals())

@@ -246,6 +246,21 @@ def train_batches(
     yield _gather(split, order[start:start + batch_size], batch_size)
 
 
+def interleave(batch: Batch, parts: int) -> Batch:
+  """Reorders a batch so that each of ``parts`` equal shards takes every ``parts``-th example.
+
+  A dual-sampler batch lists its positives first; split as it is over devices
+  (or m-sharpness sub-batches), the first shards would hold only positives
+  and the last only negatives, and a per-shard AUC loss would see one class.
+  Striding gives every shard the batch's class mix (±1).
+  """
+  size = len(batch["label"])
+  if parts <= 1 or size % parts:
+    return batch
+  order = np.concatenate([np.arange(d, size, parts) for d in range(parts)])
+  return {key: value[order] for key, value in batch.items()}
+
+
 def eval_batches(split: Split, batch_size: int) -> Iterator[Batch]:
   """Every example exactly once, in order; the last batch padded and masked."""
   if batch_size < 1:

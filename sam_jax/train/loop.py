@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import statistics
 import time
 
 import jax
@@ -162,27 +161,11 @@ def train_and_evaluate(
     checkpointer.close()
 
   epochs = epoch_log.read()
-  results = {
-      "config": config.to_dict(),
-      "dataset": {"name": dataset.name, "task": dataset.task, "classes": list(dataset.class_names),
-                  "sizes": {k: len(v) for k, v in dataset.splits.items()},
-                  "image_shape": list(dataset.image_shape)},
-      "objective": objective.name,
-      "versions": records_lib.versions(),
-      "device": records_lib.device_info(),
-      "selected_epoch": selection.epoch,
-      "selected_by": f"val_{config.select_by}",
-      "val": selection.record["val"] if selection.record else None,
-      "test": selection.record["test"] if selection.record else None,
-      "last_epoch": last_epoch,
-      "stopped_early": stopped_early,
-      "steps": step,
-      "steps_per_epoch": steps_per_epoch,
-      "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in epochs)),
-      "time_per_step_s": statistics.median(epoch_times[1:] or epoch_times) if epoch_times else None,
-      "first_step_s": first_step_s,
-      "wall_seconds": time.perf_counter() - start_time,
-  }
+  results = records_lib.run_results(
+      config, dataset, objective.name, selection, epochs, last_epoch=last_epoch,
+      stopped_early=stopped_early, steps=step, steps_per_epoch=steps_per_epoch,
+      epoch_times=epoch_times, first_step_s=first_step_s,
+      wall_seconds=time.perf_counter() - start_time)
   records_lib.write_json(workdir / "results.json", results)
   records_lib.plot_curves(epochs, workdir / "curves.png",
                           title=f"{dataset.name} {config.model} {config.optimizer} {config.loss}")

@@ -13,8 +13,9 @@ import importlib.metadata
 import json
 import pathlib
 import platform
+import statistics
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -59,6 +60,35 @@ class EpochLog:
 
   def read(self) -> list[dict]:
     return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def run_results(config: Any, dataset: Any, objective: str, selection: Any, epochs: list[dict], *,
+                last_epoch: int, stopped_early: bool, steps: int, steps_per_epoch: int,
+                epoch_times: list[float], first_step_s: Optional[float],
+                wall_seconds: float) -> dict:
+  """``results.json``: what was run, where, and the selected epoch's val/test metrics."""
+  best = selection.record
+  return {
+      "config": config.to_dict(),
+      "dataset": {"name": dataset.name, "task": dataset.task, "classes": list(dataset.class_names),
+                  "sizes": {k: len(v) for k, v in dataset.splits.items()},
+                  "image_shape": list(dataset.image_shape)},
+      "objective": objective,
+      "versions": versions(),
+      "device": device_info(),
+      "selected_epoch": selection.epoch,
+      "selected_by": f"val_{selection.select_by}",
+      "val": best["val"] if best else None,
+      "test": best["test"] if best else None,
+      "last_epoch": last_epoch,
+      "stopped_early": stopped_early,
+      "steps": steps,
+      "steps_per_epoch": steps_per_epoch,
+      "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in epochs)),
+      "time_per_step_s": statistics.median(epoch_times[1:] or epoch_times) if epoch_times else None,
+      "first_step_s": first_step_s,
+      "wall_seconds": wall_seconds,
+  }
 
 
 def write_json(path: pathlib.Path, value: Any) -> None:

@@ -22,7 +22,7 @@ from sam_jax.data import augment as augment_lib
 from sam_jax.data import batches as batches_lib
 from sam_jax.data import dataset as ds
 from sam_jax.train import config as config_lib
-from sam_jax.train import objectives
+from sam_jax.train import objectives, parallel
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.optim import build_optimizer, check_names
@@ -167,10 +167,15 @@ def steps_per_epoch(config: TrainConfig, train: ds.Split) -> int:
 def train_batches(config: TrainConfig, train: ds.Split, epoch: int,
                   start_batch: int = 0) -> Iterator[dict]:
   """The batches of ``epoch`` from ``start_batch`` on (a function of seed and epoch)."""
-  sampler = "dual" if config.sampler == "dual" else None
-  return batches_lib.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch,
-                                   sampler=sampler, sampling_rate=config.sampling_rate,
-                                   sampler_task=config.sampler_task, start_batch=start_batch)
+  if config.sampler != "dual":
+    return batches_lib.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch,
+                                     start_batch=start_batch)
+  batches = batches_lib.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch,
+                                      sampler="dual", sampling_rate=config.sampling_rate,
+                                      sampler_task=config.sampler_task, start_batch=start_batch)
+  # Every device (or m-sharpness sub-batch) gets both classes.
+  parts = parallel.device_count(config.parallel) * config.m_sharpness
+  return (batches_lib.interleave(batch, parts) for batch in batches)
 
 
 # ----------------------------------------------------------------------------

@@ -83,3 +83,15 @@ def test_train_batches_resume_mid_epoch_and_carry_dataset_indices():
   for batch in whole:
     assert np.array_equal(batch["image"][:, 0, 0, 0], batch["index"])  # dataset indices
     assert np.array_equal(batch["label"], labels[batch["index"]])
+
+
+def test_interleave_gives_every_shard_both_classes():
+  labels = imbalanced()
+  split = Split(images=np.zeros((len(labels), 1, 1, 1), np.uint8), labels=labels)
+  batch = next(batches_lib.train_batches(split, 16, seed=0, epoch=0, sampler="dual",
+                                         sampling_rate=0.25))
+  spread = batches_lib.interleave(batch, 4)
+  assert sorted(spread["index"].tolist()) == sorted(batch["index"].tolist())
+  for shard in spread["label"].reshape(4, 4):
+    assert shard.tolist() == [1, 0, 0, 0]
+  assert batches_lib.interleave(batch, 1) is batch

@@ -134,3 +134,22 @@ def test_objectives_on_four_devices():
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
   assert len([l for l in result.stdout.splitlines() if l.startswith("ok ")]) == 4, result.stdout
+
+
+@pytest.mark.data
+def test_the_cli_paths_on_real_breastmnist(tmp_path):
+  from tests.data.conftest import need, real_data_dir
+  need(real_data_dir() / "medmnist" / "breastmnist.npz")
+  common = ["train", "--dataset", "breastmnist", "--data-dir", str(real_data_dir()), *TINY,
+            "--epochs", "1", "--max-steps", "2"]
+  ce, aucm = tmp_path / "ce", tmp_path / "aucm"
+  assert cli.main([*common, "--workdir", str(ce)]) == 0
+  assert cli.main([*common, "--workdir", str(aucm), "--init-from", str(ce), "--loss", "aucm",
+                   "--optimizer", "sam", "--base-optimizer", "pesg", "--learning-rate", "0.1",
+                   "--sampler", "dual", "--sampling-rate", "0.2"]) == 0
+  results = json.loads((aucm / "results.json").read_text())
+  # BreastMNIST's 399 positives: max(399 // 6, 147 // 26) batches of 32 per dual epoch.
+  assert results["objective"] == "aucm" and results["steps_per_epoch"] == 66
+  for loss, optimizer in (("ap", "soap"), ("pauc_cvar", "sopa")):
+    assert cli.main([*common, "--workdir", str(tmp_path / loss), "--loss", loss, "--optimizer",
+                     optimizer, "--sampler", "dual"]) == 0
