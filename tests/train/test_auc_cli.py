@@ -81,6 +81,7 @@ def test_sam_with_pesg_on_aucm_trains_and_evaluates(tiny_npz, tmp_path, capsys):
   assert float(state.state.params.objective["alpha"]) > 0  # PESG moved the dual variable
 
 
+@pytest.mark.slow  # every objective's math is in tests/auc; this checks the CLI wiring of each
 @pytest.mark.parametrize("loss,optimizer", [("ap", "soap"), ("pauc_cvar", "sopa"),
                                             ("pauc_kl", "sopa_s"), ("tpauc_kl", "sopa_s"),
                                             ("focal", "adam"), ("weighted_ce", "adam")])
