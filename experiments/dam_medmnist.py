@@ -44,7 +44,6 @@ import statistics
 from typing import Callable, Optional
 
 from experiments.breastmnist_sgd_vs_sam import find_data_dir
-from sam_jax.data import medmnist
 from sam_jax.train import config as config_lib
 from sam_jax.train import loop
 
@@ -159,14 +158,19 @@ def mean_std(values: list[float]) -> str:
   return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def aggregate(results: dict, methods, root: pathlib.Path, preset: str) -> str:
+def aggregate(results: dict, methods, preset: str) -> str:
   lines = [f"# Deep AUC maximization on MedMNIST (`{preset}` preset)", "",
            "Test split at the epoch of best validation AUC; mean ± sample std over seeds; "
            "Δ AUC vs ce is the mean paired difference (same seed), p from a paired t-test. "
            "Written by `python -m experiments.dam_medmnist`.", ""]
   for dataset, by_method in results.items():
     baseline = MEDMNIST_V2_RESNET18.get(dataset)
+    first = next(iter(by_method.values()))[0]["config"]
     lines += [f"## {dataset}", "",
+              f"{first['model']} at width {first['width']}, {first['epochs']} epochs per stage, "
+              f"batch {first['batch_size']}; s/step is the median epoch time per step on the "
+              "machine that ran the grid (shared with other work; see the step-time benchmark "
+              "for clean ratios).", "",
               f"MedMNIST v2 ResNet-18 baseline (full width, 100 epochs): AUC {baseline[0]}, "
               f"ACC {baseline[1]}." if baseline else "", "",
               "| method | seeds | test AUC | test ACC | Δ AUC vs ce | p | steps | s/step |",
@@ -224,7 +228,7 @@ def main() -> None:
                         "time_per_step_s": r["time_per_step_s"]} for r in rs]
                    for m, rs in by.items()} for d, by in results.items()}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
-    (root / "table.md").write_text(aggregate(results, methods, root, args.preset))
+    (root / "table.md").write_text(aggregate(results, methods, args.preset))
   print("\n" + (root / "table.md").read_text())
 
 

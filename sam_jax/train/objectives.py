@@ -133,8 +133,8 @@ def scores_from_logits(logits: jax.Array, task: str) -> jax.Array:
 # The objectives by name.
 
 
-@functools.lru_cache(maxsize=None)
-def _nothing():
+def _nothing() -> tuple[None, None]:
+  """``init`` of an objective with neither variables nor state."""
   return None, None
 
 

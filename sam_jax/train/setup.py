@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sam_jax import auc
 from sam_jax import data as data_lib
 from sam_jax import models
 from sam_jax.data import augment as augment_lib
@@ -122,7 +123,6 @@ def build_objective(config: TrainConfig, dataset: ds.Dataset) -> objectives.Obje
   if config.loss == "ce":
     return objectives.cross_entropy(task, config.label_smoothing)
   if config.loss == "weighted_ce":
-    from sam_jax import auc
     return objectives.weighted_ce(auc.balanced_class_weights(train.labels, dataset.num_classes))
   if config.loss == "focal":
     return objectives.focal(config.focal_gamma)

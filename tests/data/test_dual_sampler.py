@@ -41,7 +41,6 @@ def test_every_example_of_the_limiting_class_is_seen_each_epoch_and_pools_cycle(
 
 
 def test_minimum_one_positive_and_errors():
-  labels = imbalanced()
   assert batches_lib.dual_counts(16, 0.01) == (1, 15)
   with pytest.raises(ValueError, match="sampling_rate must be in"):
     batches_lib.dual_counts(16, 1.0)
