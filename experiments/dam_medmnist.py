@@ -164,7 +164,8 @@ def mean_std(values: list[float]) -> str:
 def aggregate(results: dict, methods, preset: str) -> str:
   lines = [f"# Deep AUC maximization on MedMNIST (`{preset}` preset)", "",
            "Test split at the epoch of best validation AUC; mean ± sample std over seeds; "
-           "Δ AUC vs ce is the mean paired difference (same seed), p from a paired t-test. "
+           "Δ AUC is the mean paired difference (same seed) to the CE run named in `vs` (the "
+           "two-stage runs against CE at their budget), p from a paired t-test. "
            "Written by `python -m experiments.dam_medmnist`.", ""]
   for dataset, by_method in results.items():
     baseline = MEDMNIST_V2_RESNET18.get(dataset)
@@ -176,25 +177,39 @@ def aggregate(results: dict, methods, preset: str) -> str:
               "for clean ratios).", "",
               f"MedMNIST v2 ResNet-18 baseline (full width, 100 epochs): AUC {baseline[0]}, "
               f"ACC {baseline[1]}." if baseline else "", "",
-              "| method | seeds | test AUC | test ACC | Δ AUC vs ce | p | steps | s/step |",
-              "|---|---|---|---|---|---|---|---|"]
-    ce = {r["config"]["seed"]: r["test"]["auc"] for r in by_method.get("ce", [])}
+              "| method | seeds | test AUC | test ACC | vs | Δ AUC | p | steps | s/step |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    by_seed = {m: {r["config"]["seed"]: r["test"]["auc"] for r in rows}
+               for m, rows in by_method.items()}
+    ce_steps = statistics.mean(r["steps"] for r in by_method["ce"]) if "ce" in by_method else 0
     for method in methods:
       rows = by_method.get(method, [])
       if not rows:
         continue
+      # Compare with CE at the same budget: the two-stage runs with ce_x2 when it exists.
+      versus = "ce_x2" if method.startswith("aucm") and "ce_x2" in by_seed else "ce"
       aucs = [r["test"]["auc"] for r in rows]
       accs = [r["test"]["acc"] for r in rows]
-      diffs = [r["test"]["auc"] - ce[r["config"]["seed"]] for r in rows
-               if r["config"]["seed"] in ce]
-      t, p = paired_t(diffs) if method != "ce" else (None, None)
-      delta = f"{statistics.mean(diffs):+.4f}" if diffs and method != "ce" else "–"
-      steps = statistics.mean(r["steps"] for r in rows)
-      if method.startswith("aucm"):
-        steps += statistics.mean(r["steps"] for r in by_method.get("ce", [])) if ce else 0
+      diffs = [r["test"]["auc"] - by_seed[versus][r["config"]["seed"]] for r in rows
+               if method not in ("ce", versus) and r["config"]["seed"] in by_seed.get(versus, {})]
+      _, p = paired_t(diffs)
+      delta = f"{statistics.mean(diffs):+.4f}" if diffs else "–"
+      steps = statistics.mean(r["steps"] for r in rows) + (ce_steps if method.startswith("aucm") else 0)
       per_step = statistics.median(r["time_per_step_s"] for r in rows)
-      lines.append(f"| {method} | {len(rows)} | {mean_std(aucs)} | {mean_std(accs)} | {delta} | "
-                   f"{'–' if p is None else f'{p:.3f}'} | {steps:.0f} | {per_step:.3f} |")
+      lines.append(f"| {method} | {len(rows)} | {mean_std(aucs)} | {mean_std(accs)} | "
+                   f"{versus if diffs else '–'} | {delta} | {'–' if p is None else f'{p:.3f}'} | "
+                   f"{steps:.0f} | {per_step:.3f} |")
+    pairs = [(m.removesuffix("_sam"), m) for m in methods
+             if m.endswith("_sam") and m in by_seed and m.removesuffix("_sam") in by_seed]
+    if pairs:
+      lines += ["", "SAM on top (paired by seed): Δ AUC = with SAM − without.", "",
+                "| objective | Δ AUC | p |", "|---|---|---|"]
+      for plain, sharp in pairs:
+        diffs = [auc_ - by_seed[plain][seed] for seed, auc_ in by_seed[sharp].items()
+                 if seed in by_seed[plain]]
+        _, p = paired_t(diffs)
+        lines.append(f"| {plain} | {statistics.mean(diffs):+.4f} | "
+                     f"{'–' if p is None else f'{p:.3f}'} |")
     lines.append("")
   lines += ["`aucm*` steps include the CE stage they start from.", ""]
   return "\n".join(lines)
