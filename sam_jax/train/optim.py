@@ -64,8 +64,12 @@ def check_names(config: TrainConfig) -> None:
                      f"{config.loss!r} (soap, sopa and sopa_s suit the other losses).")
   if config.dam_mode not in (None, "sgd", "adam"):
     raise ValueError(f"dam_mode must be 'sgd' or 'adam', got {config.dam_mode!r}.")
-  if config.dam_mode is not None and base not in DAM_OPTIMIZERS:
-    raise ValueError(f"dam_mode applies to {', '.join(DAM_OPTIMIZERS)}, not {base!r}.")
+  if config.momentum_convention != "heavy_ball" and base != "pesg":
+    raise ValueError(f"momentum_convention {config.momentum_convention!r} is PESG's option; "
+                     f"{base!r} uses heavy-ball momentum.")
+  for field in ("dam_mode", "epoch_decay", "clip_value"):
+    if getattr(config, field) is not None and base not in DAM_OPTIMIZERS:
+      raise ValueError(f"{field} applies to {', '.join(DAM_OPTIMIZERS)}, not {base!r}.")
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -107,9 +111,6 @@ def dam_kwargs(config: TrainConfig, name: str, steps_per_epoch: int) -> dict[str
     kwargs["reference_init"] = "noise"
   if name == "pesg":
     kwargs.update(margin=config.margin, momentum_convention=config.momentum_convention)
-  elif config.momentum_convention != "heavy_ball":
-    raise ValueError(f"momentum_convention {config.momentum_convention!r} is PESG's option; "
-                     f"{name} uses heavy-ball momentum.")
   return kwargs
 
 

@@ -120,6 +120,8 @@ def test_config_files_and_overrides(tiny_npz, tmp_path):
          "--base-optimizer pesg), not 'adam'"),
         (["--loss", "hinge"], "unknown loss 'hinge'; known: ce,"),
         (["--sampler", "dual", "--sampling-rate", "1.5"], "sampling_rate must be in (0, 1)"),
+        (["--momentum-convention", "libauc"], "is PESG's option; 'adam' uses heavy-ball"),
+        (["--dam-mode", "adam"], "dam_mode applies to pesg, soap, sopa, sopa_s, not 'adam'"),
         (["--init-from", "/nonexistent/run"], "is not a run directory (no config.json)"),
         (["--model", "resnet19"], "unknown model 'resnet19'; known models:"),
         (["--dataset", "breastmnsit", "--data-dir", "."], "unknown dataset 'breastmnsit'; known:"),
