@@ -137,6 +137,7 @@ def test_objectives_on_four_devices():
   assert len([l for l in result.stdout.splitlines() if l.startswith("ok ")]) == 4, result.stdout
 
 
+@pytest.mark.slow  # the same paths run on tiny data in the default suite
 @pytest.mark.data
 def test_the_cli_paths_on_real_breastmnist(tmp_path):
   from tests.data.conftest import need, real_data_dir
