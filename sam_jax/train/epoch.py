@@ -65,6 +65,7 @@ def train_epoch(
     save: Callable[[int, Any, int], None] = lambda step, state, next_batch: None,
     bar: Any = None,
     batch_size: int = 0,
+    time_first_step: bool = False,
 ) -> EpochResult:
   """Runs ``batches`` (``(batch_index, batch)`` pairs) through the step.
 
@@ -73,7 +74,8 @@ def train_epoch(
   next_batch)`` writes it. A non-finite step raises :class:`NonFiniteError`
   naming the step and parameters (``nonfinite="error"``) or is counted as
   skipped. ``param_paths_of`` is a host pytree with the parameters' structure
-  (for the message).
+  (for the message). With ``time_first_step`` the first step is waited for
+  and timed (compilation included); otherwise the host never waits on it.
   """
   first_step_s = None
   pending = None
@@ -96,7 +98,7 @@ def train_epoch(
     tick = time.perf_counter()
     rng = jax.random.fold_in(step_key, step)
     device_state, metrics = placement.step_fn(device_state, placement.place_batch(batch), rng)
-    if first_step_s is None:
+    if time_first_step and first_step_s is None:
       jax.block_until_ready(metrics["loss"])
       first_step_s = time.perf_counter() - tick
     if pending is not None:  # settle the previous step while this one runs

@@ -127,7 +127,7 @@ def train_and_evaluate(
           checkpoint_due=lambda s, b: bool(every) and s % every == 0 and b + 1 < steps_per_epoch,
           save=lambda s, st, next_batch, epoch=epoch: checkpointer.save(
               s, placement.to_host(st), meta_for(epoch, next_batch, sums)),
-          bar=bar, batch_size=config.batch_size)
+          bar=bar, batch_size=config.batch_size, time_first_step=first_step_s is None)
       bar.close()
       device_state, step = result.state, result.step
       first_step_s = first_step_s if first_step_s is not None else result.first_step_s
