@@ -50,6 +50,13 @@ class Checkpointer:
     manager.save(step, args=args)
     manager.wait_until_finished()
 
+  def save_epoch(self, step: int, state: Any, meta: dict, *, best: bool, last: bool) -> None:
+    """The end-of-epoch saves: ``best`` when the selection improved, ``last`` when due."""
+    if best:
+      self.save(step, state, meta, best=True)
+    if last:
+      self.save(step, state, meta)
+
   def latest_step(self, which: str = "last") -> Optional[int]:
     return getattr(self, which).latest_step()
 

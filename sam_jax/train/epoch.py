@@ -4,15 +4,20 @@ The device runs step ``t + 1`` while the host reads step ``t``'s metrics
 (checking finiteness and adding them to the epoch's sums), so the host never
 waits on the device except where it must: a mid-epoch checkpoint, whose sums
 must include the step before it.
+
+The same epoch drives several runs stacked on a leading axis (vmapped seeds,
+:mod:`sam_jax.train.seeds`): give one :class:`EpochSums` per run and a
+stacked step key; each run's metrics are then settled into its own sums.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import jax
+import numpy as np
 
 from sam_jax.train.parallel import Placement
 from sam_jax.train.step import NonFiniteError, nonfinite_message
@@ -57,7 +62,7 @@ def train_epoch(
     *,
     step: int,
     step_key: jax.Array,
-    sums: EpochSums,
+    sums: Union[EpochSums, Sequence[EpochSums]],
     param_paths_of: Any,
     nonfinite: str = "error",
     max_steps: Optional[int] = None,
@@ -66,6 +71,7 @@ def train_epoch(
     bar: Any = None,
     batch_size: int = 0,
     time_first_step: bool = False,
+    run_names: Optional[Sequence[str]] = None,
 ) -> EpochResult:
   """Runs ``batches`` (``(batch_index, batch)`` pairs) through the step.
 
@@ -76,27 +82,39 @@ def train_epoch(
   skipped. ``param_paths_of`` is a host pytree with the parameters' structure
   (for the message). With ``time_first_step`` the first step is waited for
   and timed (compilation included); otherwise the host never waits on it.
+
+  Several stacked runs: ``sums`` is a sequence (one per run), ``step_key``
+  holds one key per run, and ``run_names`` (e.g. ``"seed 3"``) prefix the
+  non-finite messages.
   """
   first_step_s = None
   pending = None
+  stacked = not isinstance(sums, EpochSums)
+  all_sums = list(sums) if stacked else [sums]
+  names = list(run_names or [""] * len(all_sums))
+  fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if stacked else jax.random.fold_in
 
   def settle(pending):
     index, metrics = pending
     metrics = placement.first_copy(jax.device_get(metrics))
-    if not bool(metrics["finite"]):
-      message = nonfinite_message(index, metrics, param_paths_of)
-      if nonfinite == "error":
-        raise NonFiniteError(message + " Lower the learning rate or rho, or pass "
-                             "--nonfinite skip to skip such steps.")
-      if bar is not None:
-        bar.write(f"skipped: {message}")
-    sums.add(metrics)
-    return metrics
+    per_run = ([jax.tree.map(lambda x, i=i: np.asarray(x)[i], metrics)
+                for i in range(len(all_sums))] if stacked else [metrics])
+    for name, run_sums, run_metrics in zip(names, all_sums, per_run):
+      if not bool(run_metrics["finite"]):
+        message = (f"{name}: " if name else "") + nonfinite_message(
+            index, run_metrics, param_paths_of)
+        if nonfinite == "error":
+          raise NonFiniteError(message + " Lower the learning rate or rho, or pass "
+                               "--nonfinite skip to skip such steps.")
+        if bar is not None:
+          bar.write(f"skipped: {message}")
+      run_sums.add(run_metrics)
+    return per_run[0]
 
   stopped = False
   for batch_index, batch in batches:
     tick = time.perf_counter()
-    rng = jax.random.fold_in(step_key, step)
+    rng = fold_in(step_key, step)
     device_state, metrics = placement.step_fn(device_state, placement.place_batch(batch), rng)
     if time_first_step and first_step_s is None:
       jax.block_until_ready(metrics["loss"])

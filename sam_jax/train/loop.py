@@ -102,7 +102,7 @@ def train_and_evaluate(
   placement = parallel.place(build, config.parallel, config.m_sharpness)
   device_state = placement.to_device(state)
   param_paths = state.params
-  progress = _progress(config)
+  progress = records_lib.progress_bars(config.progress)
 
   def meta_for(epoch, batch, sums_):
     return {"epoch": epoch, "batch": batch, "sums": dataclasses.asdict(sums_),
@@ -137,20 +137,16 @@ def train_and_evaluate(
       host_state = placement.to_host(device_state)
       evaluate = lambda split: evaluate_split(eval_step, host_state, dataset[split],
                                               dataset.task, config.eval_batch_size)
-      record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(max(step - 1, 0))),
-                **sums.means(), "skipped_steps": sums.skipped,
-                "val": evaluate("val"), "test": evaluate("test"),
-                "train_seconds": train_seconds}
+      record = records_lib.epoch_record(epoch + 1, step, float(schedule(max(step - 1, 0))), sums,
+                                        evaluate("val"), evaluate("test"), train_seconds)
       improved = selection.update(record)
       epoch_log.append(record)
-      log(_epoch_line(record, config.epochs, improved))
+      log(records_lib.epoch_line(record, config.epochs, improved))
       sums, start_batch = EpochSums(), 0
       done = epoch + 1 == config.epochs or result.stopped_at_max_steps
       stop = selection.should_stop
-      if improved:
-        checkpointer.save(step, host_state, meta_for(epoch + 1, 0, sums), best=True)
-      if (epoch + 1) % config.checkpoint_every == 0 or done or stop:
-        checkpointer.save(step, host_state, meta_for(epoch + 1, 0, sums))
+      checkpointer.save_epoch(step, host_state, meta_for(epoch + 1, 0, sums), best=improved,
+                              last=(epoch + 1) % config.checkpoint_every == 0 or done or stop)
       last_epoch = epoch + 1
       if stop:
         stopped_early = True
@@ -170,19 +166,3 @@ def train_and_evaluate(
   records_lib.plot_curves(epochs, workdir / "curves.png",
                           title=f"{dataset.name} {config.model} {config.optimizer} {config.loss}")
   return results
-
-
-def _epoch_line(record: dict, epochs: int, improved: bool) -> str:
-  return (f"epoch {record['epoch']}/{epochs}: train loss {record.get('train_loss', float('nan')):.4f}"
-          f" | val auc {record['val']['auc']:.4f} acc {record['val']['acc']:.4f}"
-          f" | test auc {record['test']['auc']:.4f} acc {record['test']['acc']:.4f}"
-          + (" *" if improved else ""))
-
-
-def _progress(config: TrainConfig):
-  from tqdm.auto import tqdm
-
-  def make(**kwargs):
-    return tqdm(disable=not config.progress, leave=False, dynamic_ncols=True, unit="step", **kwargs)
-
-  return make

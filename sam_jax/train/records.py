@@ -62,6 +62,22 @@ class EpochLog:
     return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+def epoch_record(epoch: int, step: int, lr: float, sums: Any, val: dict, test: dict,
+                 train_seconds: float) -> dict:
+  """One line of ``metrics.jsonl`` (``epoch`` 1-based; ``sums`` an ``EpochSums``)."""
+  return {"epoch": epoch, "step": step, "lr": lr, **sums.means(),
+          "skipped_steps": sums.skipped, "val": val, "test": test,
+          "train_seconds": train_seconds}
+
+
+def epoch_line(record: dict, epochs: int, improved: bool) -> str:
+  """The one-line summary of an epoch the loop prints."""
+  return (f"epoch {record['epoch']}/{epochs}: train loss {record.get('train_loss', float('nan')):.4f}"
+          f" | val auc {record['val']['auc']:.4f} acc {record['val']['acc']:.4f}"
+          f" | test auc {record['test']['auc']:.4f} acc {record['test']['acc']:.4f}"
+          + (" *" if improved else ""))
+
+
 def run_results(config: Any, dataset: Any, objective: str, selection: Any, epochs: list[dict], *,
                 last_epoch: int, stopped_early: bool, steps: int, steps_per_epoch: int,
                 epoch_times: list[float], first_step_s: Optional[float],
@@ -116,3 +132,13 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str = "") -> Non
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def progress_bars(enabled: bool):
+  """``make(total=..., desc=...)`` -> a tqdm bar (disabled when not ``enabled``)."""
+  from tqdm.auto import tqdm
+
+  def make(**kwargs):
+    return tqdm(disable=not enabled, leave=False, dynamic_ncols=True, unit="step", **kwargs)
+
+  return make

@@ -17,15 +17,32 @@ from sam_jax.train import metrics as metrics_lib
 def evaluate_split(eval_step: Callable, state: Any, split: ds.Split, task: str,
                    batch_size: int) -> dict:
   """MedMNIST-evaluator metrics of ``state`` on a whole split, plus the mean loss."""
+  return evaluate_split_runs(eval_step, state, split, task, batch_size, num_runs=None)[0]
+
+
+def evaluate_split_runs(eval_step: Callable, state: Any, split: ds.Split, task: str,
+                        batch_size: int, num_runs: Optional[int]) -> list[dict]:
+  """:func:`evaluate_split` for each of ``num_runs`` stacked states.
+
+  With ``num_runs`` set, ``eval_step`` is vmapped over the runs and returns
+  ``(num_runs, batch, ...)`` (see :mod:`sam_jax.train.seeds`); with ``None``
+  it is the plain step and one result comes back.
+  """
   scores, losses = [], []
   for batch in batches_lib.eval_batches(split, batch_size):
     out = jax.device_get(eval_step(state, batch))
     valid = batch["mask"]
-    scores.append(out["scores"][valid])
-    losses.append(out["loss"][valid])
-  result = metrics_lib.evaluate(task, split.labels, np.concatenate(scores))
-  result["loss"] = float(np.mean(np.concatenate(losses)))
-  return result
+    scores.append(out["scores"][..., valid, :])
+    losses.append(out["loss"][..., valid])
+  scores, losses = np.concatenate(scores, axis=-2), np.concatenate(losses, axis=-1)
+  if num_runs is None:
+    scores, losses = scores[None], losses[None]
+  results = []
+  for run_scores, run_losses in zip(scores, losses):
+    result = metrics_lib.evaluate(task, split.labels, run_scores)
+    result["loss"] = float(np.mean(run_losses))
+    results.append(result)
+  return results
 
 
 def selection_value(record: dict, select_by: str) -> float:
