@@ -5,6 +5,11 @@
     sam-jax train --config my_config.py --epochs 5          # file, then overrides
     sam-jax train --workdir runs/breast-sam --resume          # continue a run
     sam-jax eval runs/breast-sam --dataset breastmnist --split test
+    sam-jax grid run experiments/studies/sharpness_medical.py --preset cpu   # a study
+    sam-jax grid status|report experiments/studies/sharpness_medical.py --preset cpu
+    sam-jax compare runs/breast-*                              # any runs, with statistics
+    sam-jax sharpness runs/breast-sam            # Hessian λ_max and ρ-sharpness -> sharpness.json
+    sam-jax landscape runs/breast-sgd runs/breast-sam --out landscape.png
 
 Options are applied in order: the preset (``--preset medmnist`` or ``cpu``),
 then the config file (``--config``, ``.py`` with ``get_config()`` or
@@ -97,6 +102,104 @@ def evaluate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _study_paths(args: argparse.Namespace, study) -> tuple[pathlib.Path, pathlib.Path]:
+  """(runs root, report file): ``experiments/results/<study>[_<preset>]`` by default."""
+  suffix = "" if args.preset == "cpu" else f"_{args.preset}"
+  results = pathlib.Path("experiments") / "results"
+  root = pathlib.Path(args.workdir) if args.workdir else results / f"{study.name}{suffix}"
+  return root, (root.parent if args.workdir else results) / f"{study.name}{suffix}.md"
+
+
+def _commit_run(directory: pathlib.Path, message: str) -> None:
+  """Commits a finished run's small records (never its checkpoints)."""
+  import subprocess
+
+  names = ("config.json", "metrics.jsonl", "results.json", "curves.png", "error.json")
+  paths = [str(directory / n) for n in names if (directory / n).exists()]
+  subprocess.run(["git", "add", "--", *paths], check=True, capture_output=True)
+  subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], check=True,
+                 capture_output=True)
+
+
+def grid_command(args: argparse.Namespace) -> int:
+  import fnmatch
+
+  from sam_jax import studies
+
+  study = studies.load_study(args.study, args.preset)
+  if args.set:
+    study = _override(study, args.set)
+  root, report = _study_paths(args, study)
+  if args.action == "status":
+    print("\n".join(studies.status_lines(study, root)))
+    return 0
+  if args.action == "run":
+    only = (lambda run: fnmatch.fnmatch(str(run.directory(root)), f"*{args.only}*")) \
+        if args.only else None
+    on_done = (lambda run, directory: _commit_run(directory, f"{study.name}: {run}")) \
+        if args.commit else (lambda run, directory: None)
+    quiet = lambda message: None
+    counts = studies.run_grid(study, root, vmap_seeds=args.vmap_seeds,
+                              retry_failed=args.retry_failed, only=only, on_done=on_done,
+                              log=lambda m: print(m, flush=True),
+                              run_log=quiet if args.quiet else lambda m: print(m, flush=True))
+    print(json.dumps(counts))
+  path = studies.write_study_report(study, root, report.parent, args.preset)
+  if report.name != path.name:
+    path.rename(report)
+  print(f"report: {report}")
+  return 0
+
+
+def _override(study, assignments: Sequence[str]):
+  """The study with ``FIELD=VALUE`` applied to every run's config (values parsed as JSON)."""
+  import dataclasses as dc
+
+  changes = {}
+  for item in assignments:
+    field, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set takes FIELD=VALUE, got {item!r}.")
+    try:
+      changes[field.replace("-", "_")] = json.loads(text)
+    except json.JSONDecodeError:
+      changes[field.replace("-", "_")] = text
+  runs = [dc.replace(run, config=run.config.replace(**changes)) for run in study.runs]
+  return dc.replace(study, runs=runs)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+  from sam_jax import studies
+
+  print(studies.compare(args.runs, baseline=args.baseline,
+                        out_dir=pathlib.Path(args.out) if args.out else None))
+  return 0
+
+
+def sharpness_command(args: argparse.Namespace) -> int:
+  from sam_jax import landscape
+
+  for workdir in args.runs:
+    result = landscape.measure_run(workdir, examples=args.examples, rho=args.rho,
+                                   ascent_steps=args.ascent_steps,
+                                   power_iterations=args.power_iterations,
+                                   data_dir=args.data_dir)
+    print(json.dumps({"run": str(workdir), **{k: result[k] for k in (
+        "hessian_top_eigenvalue", "power_iteration_converged", "rho_sharpness",
+        "train_subset_loss")}}), flush=True)
+  return 0
+
+
+def landscape_command(args: argparse.Namespace) -> int:
+  from sam_jax import landscape
+
+  result = landscape.plot_lines(args.runs, args.out, labels=args.labels, radius=args.radius,
+                                examples=args.examples, data_dir=args.data_dir)
+  pathlib.Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=2))
+  print(f"wrote {args.out}")
+  return 0
+
+
 def _parse_train(argv: Sequence[str]) -> argparse.Namespace:
   """The ``train`` options alone (for tests and scripts)."""
   parser = argparse.ArgumentParser(prog="sam-jax train")
@@ -115,11 +218,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   eval_parser.add_argument("--data-dir", dest="data_dir")
   eval_parser.add_argument("--split", nargs="+", default=["val", "test"])
   eval_parser.add_argument("--which", choices=("best", "last"), default="best")
+  grid_parser = commands.add_parser(
+      "grid", help="run a study (a grid of runs), show its state, or write its report")
+  grid_parser.add_argument("action", choices=("run", "status", "report"))
+  grid_parser.add_argument("study", help="a study file defining get_study(preset)")
+  grid_parser.add_argument("--preset", default="cpu", help="the study's preset (cpu, paper)")
+  grid_parser.add_argument("--workdir", help="where the run directories go "
+                           "(default experiments/results/<study>[_<preset>])")
+  grid_parser.add_argument("--vmap-seeds", action="store_true",
+                           help="train each cell's seeds in one vmapped program (GPU/TPU)")
+  grid_parser.add_argument("--retry-failed", action="store_true",
+                           help="run again the runs that recorded an error")
+  grid_parser.add_argument("--only", help="run only the runs whose directory matches "
+                           "this glob fragment (e.g. 'breastmnist/resnet18')")
+  grid_parser.add_argument("--commit", action="store_true",
+                           help="git-commit each finished run's records")
+  grid_parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+  grid_parser.add_argument("--set", nargs="+", metavar="FIELD=VALUE",
+                           help="override a config field in every run (e.g. epochs=20); use "
+                           "with its own --workdir, since done runs are not rerun")
+  compare_parser = commands.add_parser(
+      "compare", help="tables with statistics and curves for any finished runs")
+  compare_parser.add_argument("runs", nargs="+", help="run directories")
+  compare_parser.add_argument("--baseline", help="the label the others are paired with")
+  compare_parser.add_argument("--out", help="also write compare.md and plots here")
+  sharp_parser = commands.add_parser(
+      "sharpness", help="Hessian top eigenvalue and rho-sharpness of trained runs")
+  sharp_parser.add_argument("runs", nargs="+", help="run directories (the best checkpoint)")
+  sharp_parser.add_argument("--examples", type=int, default=512,
+                            help="training examples the loss is averaged over")
+  sharp_parser.add_argument("--rho", type=float, default=0.05, help="radius of the ascent")
+  sharp_parser.add_argument("--ascent-steps", type=int, default=5)
+  sharp_parser.add_argument("--power-iterations", type=int, default=20)
+  sharp_parser.add_argument("--data-dir", dest="data_dir")
+  land_parser = commands.add_parser(
+      "landscape", help="training loss along a filter-normalized random direction, per run")
+  land_parser.add_argument("runs", nargs="+", help="run directories")
+  land_parser.add_argument("--out", required=True, help="the PNG to write (and .json beside)")
+  land_parser.add_argument("--labels", nargs="+", help="one label per run")
+  land_parser.add_argument("--radius", type=float, default=1.0)
+  land_parser.add_argument("--examples", type=int, default=512)
+  land_parser.add_argument("--data-dir", dest="data_dir")
   args = parser.parse_args(argv)
   from sam_jax.train.step import NonFiniteError
 
+  commands_by_name = {"train": train, "eval": evaluate, "grid": grid_command,
+                      "compare": compare_command, "sharpness": sharpness_command,
+                      "landscape": landscape_command}
   try:
-    return train(args) if args.command == "train" else evaluate(args)
+    return commands_by_name[args.command](args)
   except (ValueError, FileNotFoundError, FileExistsError) as error:
     # Bad options and missing data: one clear line, not a traceback.
     print(f"sam-jax: error: {error}", file=sys.stderr)

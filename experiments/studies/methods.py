@@ -1,0 +1,40 @@
+"""The methods of the sharpness studies, with their papers' defaults, as config changes.
+
+Every sharpness method wraps the same base optimizer as the plain run it is
+compared with (Adam at 1e-3 in the MedMNIST protocol, as paper (a) compares
+against Adam); hyperparameters left out take the defaults of our
+implementations, which follow the authors' code (see each optimizer's
+docstring): SAM ρ 0.05, ASAM ρ 0.5 η 0.01, GSAM ρ 0.04 α 0.01, WSAM ρ 0.05
+γ 0.9, CR-SAM ρ 0.1 γ 0.1 β 0.1, GCSAM ρ 0.05, F-SAM ρ 0.05 σ 1 λ 0.9,
+Stable SAM ρ 0.05.
+"""
+
+from __future__ import annotations
+
+SGD = dict(optimizer="sgd", learning_rate=0.05, momentum=0.9)
+ADAM = dict(optimizer="adam")
+
+
+def sharpness(name: str, **hyper) -> dict:
+  return dict(optimizer=name, base_optimizer="adam", **hyper)
+
+
+METHODS: dict[str, dict] = {
+    "sgd": SGD,
+    "adam": ADAM,
+    "sam": sharpness("sam", rho=0.05),
+    "asam": sharpness("asam", rho=0.5, eta=0.01),
+    "gsam": sharpness("gsam"),
+    "wsam": sharpness("wsam"),
+    "crsam": sharpness("crsam"),
+    "gcsam": sharpness("gcsam", rho=0.05),
+    "friendly_sam": sharpness("friendly_sam"),
+    "stable_sam": sharpness("stable_sam", rho=0.05),
+    # The rho sweeps (ASAM's radius is about 10x SAM's: davda54/sam README).
+    "sam_rho0.02": sharpness("sam", rho=0.02),
+    "sam_rho0.1": sharpness("sam", rho=0.1),
+    "asam_rho1.0": sharpness("asam", rho=1.0, eta=0.01),
+    "asam_rho2.0": sharpness("asam", rho=2.0, eta=0.01),
+}
+SHARPNESS = [m for m in METHODS if m not in ("sgd", "adam")]
+BASELINES = {**{m: "adam" for m in SHARPNESS}, "sgd": "adam"}

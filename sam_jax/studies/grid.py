@@ -1,0 +1,161 @@
+"""A study as a grid of runs: datasets × models × methods × seeds, each a run directory.
+
+A study file (see ``experiments/studies/``) defines ``get_study(preset)``
+returning a :class:`Study`: its runs (each a full
+:class:`~sam_jax.train.config.TrainConfig`), which method each method is
+compared with, and published reference numbers. :func:`expand` builds the
+runs from :class:`Block` s (products of datasets, models and methods) and a
+``configure(dataset, model, method)`` function.
+
+The grid's state lives in the run directories only: a run is *done* when its
+``results.json`` exists, *failed* when its ``error.json`` does, *started*
+when it holds a checkpoint, *pending* otherwise. So any executor (this
+machine, a cluster) can run any subset, and the same study is resumed by
+running it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import runpy
+from typing import Callable, Iterable, Optional, Sequence
+
+from sam_jax.train.config import TrainConfig
+
+STATES = ("done", "failed", "started", "pending")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: configs are not hashable
+class Run:
+  """One training run of a study: a cell (dataset, model, method) and a seed."""
+
+  dataset: str
+  model: str
+  method: str
+  seed: int
+  config: TrainConfig
+
+  @property
+  def cell(self) -> tuple[str, str, str]:
+    return (self.dataset, self.model, self.method)
+
+  def directory(self, root: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(root) / "runs" / self.dataset / self.model / self.method / f"seed{self.seed}"
+
+  def __str__(self) -> str:
+    return f"{self.dataset} {self.model} {self.method} seed {self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """Every combination of these datasets, models and methods."""
+
+  datasets: Sequence[str]
+  models: Sequence[str]
+  methods: Sequence[str]
+
+
+@dataclasses.dataclass
+class Study:
+  """Attributes:
+    name: the study's name (its results go to ``experiments/results/<name>``).
+    runs: every run, in the order they are executed.
+    baselines: method -> the method its paired test compares it with
+      (e.g. every sharpness method against its base optimizer).
+    references: dataset -> published numbers to print beside ours (text).
+    description: what the study asks; the report's preamble.
+  """
+
+  name: str
+  runs: list[Run]
+  baselines: dict[str, str] = dataclasses.field(default_factory=dict)
+  references: dict[str, str] = dataclasses.field(default_factory=dict)
+  description: str = ""
+
+  def cells(self) -> dict[tuple[str, str, str], list[Run]]:
+    out: dict[tuple[str, str, str], list[Run]] = {}
+    for run in self.runs:
+      out.setdefault(run.cell, []).append(run)
+    return out
+
+
+def expand(blocks: Iterable[Block], seeds: Sequence[int],
+           configure: Callable[[str, str, str], TrainConfig]) -> list[Run]:
+  """The runs of ``blocks`` × ``seeds``, each configured by ``configure``; duplicates dropped."""
+  runs, seen = [], set()
+  for block in blocks:
+    for dataset, model, method in itertools.product(block.datasets, block.models, block.methods):
+      if (dataset, model, method) in seen:
+        continue
+      seen.add((dataset, model, method))
+      config = configure(dataset, model, method)
+      runs += [Run(dataset, model, method, int(seed), config.replace(seed=int(seed)))
+               for seed in seeds]
+  return runs
+
+
+def load_study(path: str | pathlib.Path, preset: str) -> Study:
+  """The :class:`Study` that the file's ``get_study(preset)`` returns."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"study file not found: {path}")
+  namespace = runpy.run_path(str(path))
+  if "get_study" not in namespace:
+    raise ValueError(f"{path} must define get_study(preset) returning a sam_jax.studies.Study.")
+  study = namespace["get_study"](preset)
+  if not isinstance(study, Study):
+    raise ValueError(f"{path}: get_study({preset!r}) returned {type(study).__name__}, not a Study.")
+  return study
+
+
+def run_state(directory: pathlib.Path) -> str:
+  """``done``, ``failed``, ``started`` or ``pending``, from the run directory alone."""
+  if (directory / "results.json").is_file():
+    return "done"
+  if (directory / "error.json").is_file():
+    return "failed"
+  last = directory / "checkpoints" / "last"
+  if last.is_dir() and any(p.name.isdigit() for p in last.iterdir()):
+    return "started"
+  return "pending"
+
+
+def status(study: Study, root: pathlib.Path) -> dict[tuple[str, str, str], dict[str, list[int]]]:
+  """Per cell: the seeds in each state."""
+  out: dict = {}
+  for run in study.runs:
+    state = run_state(run.directory(root))
+    out.setdefault(run.cell, {s: [] for s in STATES})[state].append(run.seed)
+  return out
+
+
+def status_lines(study: Study, root: pathlib.Path) -> list[str]:
+  """A table of the grid's state per cell, and the failed runs' error lines."""
+  lines = ["| dataset | model | method | done | started | failed | pending |",
+           "|---|---|---|---|---|---|---|"]
+  totals = dict.fromkeys(STATES, 0)
+  errors = []
+  for cell, states in status(study, root).items():
+    for state in STATES:
+      totals[state] += len(states[state])
+    lines.append(f"| {' | '.join(cell)} | " + " | ".join(
+        str(len(states[s])) for s in ("done", "started", "failed", "pending")) + " |")
+    for seed in states["failed"]:
+      run = next(r for r in study.cells()[cell] if r.seed == seed)
+      error = read_error(run.directory(root))
+      errors.append(f"- {run}: {error}")
+  lines += ["", f"{study.name}: {totals['done']} done, {totals['started']} started, "
+            f"{totals['failed']} failed, {totals['pending']} pending of {len(study.runs)} runs."]
+  if errors:
+    lines += ["", "Failed runs (last error line):", *errors]
+  return lines
+
+
+def read_error(directory: pathlib.Path) -> Optional[str]:
+  path = directory / "error.json"
+  if not path.is_file():
+    return None
+  return json.loads(path.read_text()).get("error")

@@ -1,0 +1,129 @@
+"""The grid runner: expansion, skipping done runs, resuming, failures, reports, compare."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from sam_jax import cli, studies
+from sam_jax.train import config as config_lib
+from tests.data.synthetic import write_medmnist_npz
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+  return str(write_medmnist_npz(tmp_path_factory.mktemp("data") / "tiny.npz",
+                                counts=(64, 32, 32), seed=4))
+
+
+def tiny_study(npz: str, methods=("adam", "sam"), seeds=(0, 1)) -> studies.Study:
+  changes = {"adam": {}, "sam": dict(optimizer="sam", base_optimizer="adam", rho=0.05),
+             "broken": dict(batch_size=4096)}
+
+  def configure(dataset, model, method):
+    fields = dict(dataset=npz, model=model, width=0.0625, batch_size=32, eval_batch_size=64,
+                  epochs=2, progress=False)
+    return config_lib.TrainConfig(**{**fields, **changes[method]})
+  return studies.Study("tiny", studies.expand(
+      [studies.Block(["tiny"], ["resnet18"], list(methods))], seeds, configure),
+      baselines={"sam": "adam"}, description="a test grid")
+
+
+def test_expand_is_the_product_without_duplicates(tiny_npz):
+  study = tiny_study(tiny_npz, methods=("adam", "sam", "adam"), seeds=(0, 1, 2))
+  assert len(study.runs) == 6
+  assert [r.config.seed for r in study.runs[:3]] == [0, 1, 2]
+  assert study.runs[0].directory(pathlib.Path("r")) == pathlib.Path("r/runs/tiny/resnet18/adam/seed0")
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_npz, tmp_path_factory):
+  root = tmp_path_factory.mktemp("grid")
+  study = tiny_study(tiny_npz, methods=("adam", "sam", "broken"))
+  done = []
+  counts = studies.run_grid(study, root, on_done=lambda run, d: done.append(str(run)),
+                            log=lambda m: None)
+  return study, root, counts, done
+
+
+def test_grid_runs_everything_and_records_failures(finished):
+  study, root, counts, done = finished
+  assert counts == {"done": 4, "failed": 2, "started": 0, "pending": 0}
+  assert len(done) == 4
+  error = studies.grid.read_error(study.runs[-1].directory(root))
+  assert error.startswith("ValueError: batch size 4096 is larger")
+  lines = "\n".join(studies.status_lines(study, root))
+  assert "4 done, 0 started, 2 failed, 0 pending of 6 runs" in lines and "batch size 4096" in lines
+
+
+def test_a_second_run_of_the_grid_runs_nothing(finished):
+  study, root, _, _ = finished
+  before = {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
+  done = []
+  counts = studies.run_grid(study, root, on_done=lambda run, d: done.append(run),
+                            log=lambda m: None)
+  assert done == [] and counts["done"] == 4
+  assert before == {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
+
+
+def test_an_interrupted_run_resumes_in_the_grid(tiny_npz, tmp_path, finished):
+  study, root, _, _ = finished
+  run = study.runs[0]
+  partial = run.directory(tmp_path)
+  from sam_jax.train import loop
+  loop.train_and_evaluate(run.config.replace(max_steps=2), partial, log=lambda m: None)
+  (partial / "results.json").unlink()  # as if killed after its first checkpoint
+  assert studies.run_state(partial) == "started"
+  one = studies.Study("one", [run])
+  studies.run_grid(one, tmp_path, log=lambda m: None)
+  again = json.loads((partial / "results.json").read_text())
+  whole = json.loads((run.directory(root) / "results.json").read_text())
+  assert again["test"] == whole["test"] and again["steps"] == whole["steps"]
+
+
+def test_report_has_every_cell_with_seeds_and_paired_test(finished, tmp_path):
+  study, root, _, _ = finished
+  path = studies.write_study_report(study, root, tmp_path, "cpu")
+  text = path.read_text()
+  assert "## tiny, resnet18" in text and "4 of 6 runs finished" in text
+  sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))
+  cells = [c.strip() for c in sam_row.strip("|").split("|")]
+  assert cells[1] == "2" and cells[7] == "adam"  # seeds, vs
+  assert (tmp_path / "tiny_auc.png").stat().st_size > 0
+  assert (tmp_path / "tiny_curves.png").stat().st_size > 0
+
+
+def test_compare_labels_runs_by_what_differs(finished, tmp_path, capsys):
+  study, root, _, _ = finished
+  dirs = [str(p.parent) for p in sorted(root.rglob("results.json"))]
+  assert cli.main(["compare", *dirs, "--out", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "optimizer=adam" in out and "optimizer=sam" in out
+  assert (tmp_path / "compare_curves.png").exists()
+  with pytest.raises(FileNotFoundError):
+    studies.compare([str(tmp_path)])
+
+
+def test_grid_cli_status_and_bad_study_file(tmp_path, capsys):
+  bad = tmp_path / "study.py"
+  bad.write_text("x = 1\n")
+  assert cli.main(["grid", "status", str(bad)]) == 2
+  assert "must define get_study" in capsys.readouterr().err
+  study = ROOT / "experiments" / "studies" / "gcsam_busi.py"
+  assert cli.main(["grid", "status", str(study), "--workdir", str(tmp_path / "r")]) == 0
+  assert "0 done, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, preset, runs", [
+    ("sharpness_medical.py", "cpu", 320), ("sharpness_medical.py", "paper", 600),
+    ("gcsam_busi.py", "cpu", 15), ("gcsam_busi.py", "paper", 15)])
+def test_the_committed_studies_expand(name, preset, runs):
+  study = studies.load_study(ROOT / "experiments" / "studies" / name, preset)
+  assert len(study.runs) == runs
+  for run in study.runs:
+    config_lib.from_dict(run.config.to_dict())  # every config is a valid record
+  assert len({r.directory(pathlib.Path("x")) for r in study.runs}) == runs
