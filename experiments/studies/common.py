@@ -16,7 +16,7 @@ MODEL_OPTIONS = {
 }
 SIZE = {"cpu": 28, "paper": 224}
 EPOCHS = {
-    "cpu": {"busi_binary": 12, "busi": 12, "breastmnist": 12, "pneumoniamnist": 2},
+    "cpu": {"busi_binary": 10, "busi": 10, "breastmnist": 10, "pneumoniamnist": 2},
     "paper": {"busi_binary": 100, "busi": 100, "breastmnist": 100, "pneumoniamnist": 100},
 }
 REFERENCES = {
