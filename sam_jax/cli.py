@@ -180,6 +180,9 @@ def sharpness_command(args: argparse.Namespace) -> int:
   from sam_jax import landscape
 
   for workdir in args.runs:
+    if (pathlib.Path(workdir) / "sharpness.json").exists() and not args.force:
+      print(json.dumps({"run": str(workdir), "skipped": "sharpness.json exists (--force)"}))
+      continue
     result = landscape.measure_run(workdir, examples=args.examples, rho=args.rho,
                                    ascent_steps=args.ascent_steps,
                                    power_iterations=args.power_iterations,
@@ -251,6 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   sharp_parser.add_argument("--ascent-steps", type=int, default=5)
   sharp_parser.add_argument("--power-iterations", type=int, default=20)
   sharp_parser.add_argument("--data-dir", dest="data_dir")
+  sharp_parser.add_argument("--force", action="store_true", help="measure again")
   land_parser = commands.add_parser(
       "landscape", help="training loss along a filter-normalized random direction, per run")
   land_parser.add_argument("runs", nargs="+", help="run directories")

@@ -49,7 +49,10 @@ def get_study(preset: str) -> studies.Study:
                studies.Block(DATASETS, ["swin_t"], VIT_METHODS)]
   return studies.Study(
       name="sharpness_medical",
-      runs=studies.expand(blocks, SEEDS, lambda d, m, k: common.configure(preset, d, m, METHODS[k])),
+      # Resume points every 5 epochs: a synchronous orbax save costs about as
+      # much as an epoch of these small runs.
+      runs=studies.expand(blocks, SEEDS, lambda d, m, k: common.configure(
+          preset, d, m, METHODS[k], checkpoint_every=5)),
       baselines=BASELINES, references=common.REFERENCES,
       description="Paper (a)'s question on four medical image sets: test metrics of every "
                   "sharpness method against Adam (its base optimizer), paired by seed.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

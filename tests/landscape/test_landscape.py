@@ -111,3 +111,36 @@ def test_loss_along_is_the_loss_at_each_step():
   assert values[1] == pytest.approx(float(loss(params)), rel=1e-6)
   moved = jax.tree.map(lambda w, e: w + 0.5 * e, params, d)
   assert values[2] == pytest.approx(float(loss(moved)), rel=1e-5)
+
+
+def test_sharpness_and_landscape_commands_on_trained_runs(tmp_path, capsys):
+  import json
+
+  from sam_jax import cli
+  from sam_jax.train import config as config_lib
+  from sam_jax.train import loop
+  from tests.data.synthetic import write_medmnist_npz
+
+  npz = str(write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=2))
+  runs = []
+  for name, changes in (("sgd", dict(optimizer="sgd", learning_rate=0.05)),
+                        ("sam", dict(optimizer="sam", base_optimizer="sgd", learning_rate=0.05,
+                                     rho=0.05))):
+    config = config_lib.TrainConfig(dataset=npz, model="resnet18", width=0.0625, batch_size=32,
+                                    eval_batch_size=32, epochs=1, progress=False, **changes)
+    loop.train_and_evaluate(config, tmp_path / name, log=lambda m: None)
+    runs.append(str(tmp_path / name))
+  assert cli.main(["sharpness", *runs, "--examples", "64", "--power-iterations", "4",
+                   "--ascent-steps", "2"]) == 0
+  measured = json.loads((tmp_path / "sam" / "sharpness.json").read_text())
+  assert len(measured["power_iteration_history"]) == 4
+  assert measured["rho_sharpness"] >= 0 and np.isfinite(measured["hessian_top_eigenvalue"])
+  assert cli.main(["sharpness", runs[0]]) == 0  # measured already: skipped
+  assert "skipped" in capsys.readouterr().out.splitlines()[-1]
+  out = tmp_path / "line.png"
+  assert cli.main(["landscape", *runs, "--out", str(out), "--examples", "64",
+                   "--labels", "SGD", "SAM"]) == 0
+  curves = json.loads(out.with_suffix(".json").read_text())
+  assert set(curves["losses"]) == {"SGD", "SAM"} and out.stat().st_size > 0
+  middle = len(curves["alphas"]) // 2
+  assert curves["losses"]["SAM"][middle] == pytest.approx(measured["train_subset_loss"], rel=1e-4)
