@@ -265,13 +265,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   land_parser.add_argument("--data-dir", dest="data_dir")
   args = parser.parse_args(argv)
   from sam_jax.train.step import NonFiniteError
+  from sam_jax.train.workdir_lock import WorkdirBusyError
 
   commands_by_name = {"train": train, "eval": evaluate, "grid": grid_command,
                       "compare": compare_command, "sharpness": sharpness_command,
                       "landscape": landscape_command}
   try:
     return commands_by_name[args.command](args)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          WorkdirBusyError) as error:
     # Bad options and missing data: one clear line, not a traceback.
     print(f"sam-jax: error: {error}", file=sys.stderr)
     return 2

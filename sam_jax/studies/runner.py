@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from sam_jax.studies import grid
 from sam_jax.train import loop, seeds
 from sam_jax.train.step import NonFiniteError
+from sam_jax.train.workdir_lock import WorkdirBusyError
 
 RUN_ERRORS = (ValueError, FileNotFoundError, NonFiniteError)
 
@@ -85,6 +86,9 @@ def run_grid(study: grid.Study, root: str | pathlib.Path, *, vmap_seeds: bool = 
       directory = run.directory(root)
       try:
         loop.train_and_evaluate(run.config, directory, resume=True, log=run_log)
+      except WorkdirBusyError as error:  # another process (grid, job) is running it
+        log(f"{run}: skipped, {error}")
+        continue
       except RUN_ERRORS as error:
         _record_error(directory, error)
         progress.advance(f"{run}: FAILED {type(error).__name__}: {error}".splitlines()[0])
@@ -104,6 +108,9 @@ def _run_together(todo: list[grid.Run], root: pathlib.Path, run_log) -> bool:
                                    [r.directory(root) for r in todo], resume=True, log=run_log)
   except NonFiniteError as error:  # one seed diverged: the others run alone, it fails alone
     run_log(f"vmapped seeds stopped ({error}); running them one by one")
+    return False
+  except WorkdirBusyError as error:  # one of them runs elsewhere: take the others alone
+    run_log(f"cannot vmap these seeds ({error}); running them one by one")
     return False
   except ValueError as error:  # e.g. checkpoints at different steps
     run_log(f"cannot vmap these seeds ({error}); running them one by one")

@@ -40,6 +40,7 @@ from sam_jax.train.losses import loss_for_task
 from sam_jax.train.optim import build_optimizer
 from sam_jax.train.selection import Selection, evaluate_split
 from sam_jax.train.step import make_eval_step, make_train_step
+from sam_jax.train.workdir_lock import WorkdirBusyError, WorkdirLock  # noqa: F401 (re-export)
 
 # Kept here for callers of the earlier single-module loop.
 load_data = setup.load_data
@@ -56,10 +57,18 @@ def train_and_evaluate(
     config: TrainConfig, workdir: str | pathlib.Path, *, resume: bool = False,
     log=print,
 ) -> dict:
-  """Runs ``config``, writing its records in ``workdir``; returns the results."""
-  start_time = time.perf_counter()
+  """Runs ``config``, writing its records in ``workdir``; returns the results.
+
+  The work directory is locked for the run (:mod:`~sam_jax.train.workdir_lock`):
+  a second run on it stops with :class:`WorkdirBusyError` before writing.
+  """
   setup.check_config(config)
-  workdir = pathlib.Path(workdir)
+  with WorkdirLock(workdir, log):
+    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log) -> dict:
+  start_time = time.perf_counter()
   dataset = setup.load_data(config)
   setup.check_against_data(config, dataset)
   train_split = dataset["train"]

@@ -29,6 +29,7 @@ checkpoints are frozen while the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pathlib
@@ -49,6 +50,7 @@ from sam_jax.train.optim import build_optimizer
 from sam_jax.train.parallel import Placement
 from sam_jax.train.selection import Selection, evaluate_split_runs
 from sam_jax.train.step import make_eval_step, make_train_step
+from sam_jax.train.workdir_lock import WorkdirLock
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -108,9 +110,16 @@ def train_and_evaluate_seeds(config: TrainConfig, seeds: Sequence[int],
                              workdirs: Sequence[str | pathlib.Path], *, resume: bool = False,
                              log=print) -> list[dict]:
   """Trains ``config`` once per seed in one vmapped program; returns each seed's results."""
-  start_time = time.perf_counter()
   check_seeds(config, seeds, workdirs)
   setup.check_config(config)
+  with contextlib.ExitStack() as locks:
+    for workdir in workdirs:
+      locks.enter_context(WorkdirLock(workdir, log))
+    return _train_and_evaluate_seeds(config, seeds, workdirs, resume, log)
+
+
+def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log) -> list[dict]:
+  start_time = time.perf_counter()
   n = len(seeds)
   configs = [config.replace(seed=int(seed)) for seed in seeds]
   dataset = setup.load_data(config)
