@@ -63,15 +63,15 @@ class Study:
   """Attributes:
     name: the study's name (its results go to ``experiments/results/<name>``).
     runs: every run, in the order they are executed.
-    baselines: method -> the method its paired test compares it with
-      (e.g. every sharpness method against its base optimizer).
+    baselines: method -> the method (or a tuple of methods) its paired tests
+      compare it with (e.g. every sharpness method against its base optimizer).
     references: dataset -> published numbers to print beside ours (text).
     description: what the study asks; the report's preamble.
   """
 
   name: str
   runs: list[Run]
-  baselines: dict[str, str] = dataclasses.field(default_factory=dict)
+  baselines: dict[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
   references: dict[str, str] = dataclasses.field(default_factory=dict)
   description: str = ""
 

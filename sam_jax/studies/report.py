@@ -68,32 +68,47 @@ def _gap(run: dict) -> float:
   return math.nan
 
 
-def table(methods: dict[str, dict[int, dict]], baselines: dict[str, str]) -> list[str]:
-  """The markdown rows of one (dataset, model) table."""
+def _baselines_of(baselines: dict, method: str) -> tuple[str, ...]:
+  value = baselines.get(method, ())
+  return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _auc_by_seed(runs: dict[int, dict]) -> dict[int, float]:
+  return {s: _value(r, "auc") for s, r in runs.items()}
+
+
+def table(methods: dict[str, dict[int, dict]], baselines: dict) -> list[str]:
+  """The markdown rows of one (dataset, model) table.
+
+  ``baselines`` maps a method to the method (or methods) it is paired with;
+  the table's comparison columns use the first, and when any method has
+  several a table of every pair follows.
+  """
   measured = any(r["sharpness"] for runs in methods.values() for r in runs.values())
   header = ["method", "seeds", *(label for _, label in METRICS), "train−test ACC", "vs",
             "Δ AUC", "p (t)", "p (Wilcoxon)", "s/step"]
   if measured:
     header += ["λ_max", "ρ-sharpness"]
-  tests = {}
+  pairs = {}
   for method, runs in methods.items():
-    base = baselines.get(method)
-    if base and base in methods and base != method:
-      tests[method] = stats.paired_test({s: _value(r, "auc") for s, r in runs.items()},
-                                        {s: _value(r, "auc") for s, r in methods[base].items()})
-  holm = dict(zip(tests, stats.holm([t.t_p for t in tests.values()])))
+    for base in _baselines_of(baselines, method):
+      if base in methods and base != method:
+        pairs[(method, base)] = stats.paired_test(_auc_by_seed(runs), _auc_by_seed(methods[base]))
+  holm = dict(zip(pairs, stats.holm([t.t_p for t in pairs.values()])))
+  mark = lambda pair: ("**" if holm[pair] else
+                       "*" if pairs[pair].t_p is not None and pairs[pair].t_p < 0.05 else "")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for method, runs in methods.items():
     ordered = [runs[s] for s in sorted(runs)]
     cells = [method, str(len(ordered))]
     cells += [stats.format_mean_std([_value(r, key) for r in ordered]) for key, _ in METRICS]
     cells.append(stats.format_mean_std([_gap(r) for r in ordered]))
-    test = tests.get(method)
-    if test is None:
+    first = next(((m, b) for (m, b) in pairs if m == method), None)
+    if first is None:
       cells += ["–"] * 4
     else:
-      mark = "**" if holm[method] else "*" if test.t_p is not None and test.t_p < 0.05 else ""
-      cells += [baselines[method], f"{test.mean_difference:+.3f}{mark}", _p(test.t_p),
+      test = pairs[first]
+      cells += [first[1], f"{test.mean_difference:+.3f}{mark(first)}", _p(test.t_p),
                 _p(test.wilcoxon_p)]
     per_step = [r["results"].get("time_per_step_s") for r in ordered]
     per_step = [t for t in per_step if t]
@@ -103,6 +118,12 @@ def table(methods: dict[str, dict[int, dict]], baselines: dict[str, str]) -> lis
         cells.append(stats.format_mean_std(
             [r["sharpness"][key] for r in ordered if r["sharpness"]], 2))
     lines.append("| " + " | ".join(cells) + " |")
+  if any(len(_baselines_of(baselines, m)) > 1 for m in methods):
+    lines += ["", "Every paired comparison (test AUC):", "",
+              "| method | vs | seeds | Δ AUC | p (t) | p (Wilcoxon) |", "|---|---|---|---|---|---|"]
+    for (method, base), test in pairs.items():
+      lines.append(f"| {method} | {base} | {test.n} | {test.mean_difference:+.3f}"
+                   f"{mark((method, base))} | {_p(test.t_p)} | {_p(test.wilcoxon_p)} |")
   return lines
 
 
