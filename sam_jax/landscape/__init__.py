@@ -108,7 +108,8 @@ def plot_lines(workdirs: Sequence[str | pathlib.Path], path: str | pathlib.Path,
   for label, values in curves.items():
     axis.plot(alphas, values, label=label)
   axis.set_xlabel("α (step along a filter-normalized random direction)")
-  axis.set_ylabel("training loss")
+  axis.set_ylabel("training loss (log scale)")
+  axis.set_yscale("log")
   axis.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
