@@ -156,9 +156,8 @@ def study_report(study: grid.Study, root: pathlib.Path, preset: str) -> str:
   return "\n".join(lines)
 
 
-def plot_bars(groups: dict[tuple[str, str], dict[str, dict]], path: pathlib.Path,
-              metric: str = "auc") -> None:
-  """Test ``metric`` per method (mean ± std over seeds), one panel per dataset and model."""
+def _panels(groups: dict, path: pathlib.Path):
+  """Yields ``(axis, key)``, one panel per (dataset, model), two per row; saves ``path``."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -169,7 +168,18 @@ def plot_bars(groups: dict[tuple[str, str], dict[str, dict]], path: pathlib.Path
   cols = min(2, len(keys))
   rows = math.ceil(len(keys) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 3.6 * rows), squeeze=False)
-  for axis, key in zip(axes.flat, keys):
+  yield from zip(axes.flat, keys)
+  for axis in list(axes.flat)[len(keys):]:
+    axis.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_bars(groups: dict[tuple[str, str], dict[str, dict]], path: pathlib.Path,
+              metric: str = "auc") -> None:
+  """Test ``metric`` per method (mean ± std over seeds), one panel per dataset and model."""
+  for axis, key in _panels(groups, path):
     methods = groups[key]
     names = list(methods)
     values = [[_value(r, metric) for r in methods[m].values()] for m in names]
@@ -183,27 +193,12 @@ def plot_bars(groups: dict[tuple[str, str], dict[str, dict]], path: pathlib.Path
     if finite:
       axis.set_ylim(max(0.0, min(finite) - 0.05), 1.0)
     axis.set_title(f"{key[0]}, {key[1]}: test {metric.upper()}", fontsize=10)
-  for axis in list(axes.flat)[len(keys):]:
-    axis.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def plot_validation_curves(groups: dict[tuple[str, str], dict[str, dict]], path: pathlib.Path,
                            metric: str = "auc") -> None:
   """Mean validation ``metric`` per epoch for each method (band: ± std over seeds)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  keys = list(groups)
-  if not keys:
-    return
-  cols = min(2, len(keys))
-  rows = math.ceil(len(keys) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 3.6 * rows), squeeze=False)
-  for axis, key in zip(axes.flat, keys):
+  for axis, key in _panels(groups, path):
     for method, runs in groups[key].items():
       curves = [[r["val"][metric] for r in run["epochs"]] for run in runs.values() if run["epochs"]]
       if not curves:
@@ -220,11 +215,6 @@ def plot_validation_curves(groups: dict[tuple[str, str], dict[str, dict]], path:
     axis.set_ylabel(f"val {metric.upper()}")
     axis.set_title(f"{key[0]}, {key[1]}", fontsize=10)
     axis.legend(fontsize=6, ncol=2)
-  for axis in list(axes.flat)[len(keys):]:
-    axis.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def plot_sharpness_vs_auc(groups: dict[tuple[str, str], dict[str, dict]],
