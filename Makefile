@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# Two pytest workers: the suite is mostly compilation and small steps, which
+# one process leaves a core idle for (PYTEST_ARGS= for a serial run).
+PYTEST_ARGS ?= -n 2
 
 .PHONY: venv demo toy-demo test test-slow test-all bench clean
 
