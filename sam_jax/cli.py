@@ -242,7 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "with its own --workdir, since done runs are not rerun")
   compare_parser = commands.add_parser(
       "compare", help="tables with statistics and curves for any finished runs")
-  compare_parser.add_argument("runs", nargs="+", help="run directories")
+  compare_parser.add_argument("runs", nargs="+", help="run directories, folders of runs "
+                              "(searched for results.json), or quoted globs")
   compare_parser.add_argument("--baseline", help="the label the others are paired with")
   compare_parser.add_argument("--out", help="also write compare.md and plots here")
   sharp_parser = commands.add_parser(

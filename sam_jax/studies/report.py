@@ -267,13 +267,32 @@ def write_study_report(study: grid.Study, root: pathlib.Path, out_dir: pathlib.P
 # Any set of runs: sam-jax compare.
 
 
+def find_runs(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """Run directories from paths and quoted globs: a run directory itself, or every finished
+  run below a directory (a study's results, a folder of runs)."""
+  import glob
+
+  found = []
+  for path in paths:
+    matches = [pathlib.Path(m) for m in sorted(glob.glob(str(path)))] or [pathlib.Path(path)]
+    for match in matches:
+      if (match / "results.json").is_file():
+        found.append(match)
+      elif match.is_dir():
+        found += sorted(p.parent for p in match.rglob("results.json")
+                        if "checkpoints" not in p.parts)
+  return list(dict.fromkeys(found))
+
+
 def group_runs(directories: Sequence[str | pathlib.Path]) -> dict[tuple[str, str], dict[str, dict]]:
   """Finished runs grouped as a study: (dataset, model) -> label -> seed -> run.
 
-  A run's label names the config fields in which the runs differ (seed and
-  bookkeeping fields aside), e.g. ``optimizer=sam, rho=0.1``.
+  ``directories`` are run directories, folders holding runs, or globs
+  (:func:`find_runs`). A run's label names the config fields in which the
+  runs differ (seed and bookkeeping fields aside), e.g. ``optimizer=sam,
+  rho=0.1``.
   """
-  runs = [r for r in (load_run(d) for d in directories) if r is not None]
+  runs = [r for r in (load_run(d) for d in find_runs(directories)) if r is not None]
   if not runs:
     raise FileNotFoundError("no finished runs (results.json) among the given directories.")
   configs = [{k: v for k, v in r["results"]["config"].items() if k not in NOT_A_METHOD}

@@ -104,8 +104,10 @@ def test_compare_labels_runs_by_what_differs(finished, tmp_path, capsys):
   out = capsys.readouterr().out
   assert "optimizer=adam" in out and "optimizer=sam" in out
   assert (tmp_path / "compare_curves.png").exists()
+  # A folder of runs and a quoted glob find the same runs.
+  assert studies.compare([str(root)]) == studies.compare([str(root / "runs" / "*" / "*" / "*" / "seed*")])
   with pytest.raises(FileNotFoundError):
-    studies.compare([str(tmp_path)])
+    studies.compare([str(tmp_path / "nothing")])
 
 
 def test_grid_cli_status_and_bad_study_file(tmp_path, capsys):
