@@ -26,6 +26,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class DamagedCheckpointError(ValueError):
+  """Every checkpoint of a kind failed to restore; the message names each and why."""
+
+
 def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=False, create=True)
@@ -70,6 +74,37 @@ class Checkpointer:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return restored.state, dict(restored.meta)
+
+  def restore_newest_valid(self, abstract_state: Any, which: str = "last",
+                           log=print) -> tuple[Any, dict, int]:
+    """Restores the newest checkpoint that restores, newest first; says which were skipped.
+
+    A checkpoint whose files were damaged after orbax committed it (a full
+    disk, a truncated copy) fails to restore; resuming from the one before
+    it loses one checkpoint interval instead of the run. Raises
+    :class:`DamagedCheckpointError` naming every checkpoint and its error
+    when none restores.
+    """
+    manager = getattr(self, which)
+    failures, damaged = [], []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(abstract_state, which, step)
+      except Exception as error:  # orbax/tensorstore raise many kinds for damaged files
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        failures.append(f"{self.directory / which / str(step)} ({reason})")
+        damaged.append(step)
+        log(f"warning: skipping checkpoint {self.directory / which / str(step)}, which does not "
+            f"restore: {reason}")
+        continue
+      # The run redoes the damaged steps' work and saves them again.
+      for bad in damaged:
+        manager.delete(bad)
+      return state, meta, step
+    if not failures:
+      raise FileNotFoundError(f"no {which} checkpoint in {self.directory}.")
+    raise DamagedCheckpointError(f"no {which} checkpoint in {self.directory} restores: "
+                                 + "; ".join(failures))
 
   def close(self) -> None:
     self.last.close()

@@ -94,7 +94,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   start_epoch, start_batch, sums = 0, 0, EpochSums()
   selection = Selection(config.select_by, config.early_stopping)
   if resume and checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(state)
+    state, meta, _ = checkpointer.restore_newest_valid(state, log=log)
     start_epoch, start_batch = meta["epoch"], meta["batch"]
     sums = EpochSums(**meta["sums"])
     selection = Selection.from_meta(meta, config.select_by, config.early_stopping)

@@ -217,9 +217,11 @@ def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str 
       raise FileNotFoundError(f"no {which} checkpoint under {workdir / 'checkpoints'}.")
     try:
       state, meta = checkpointer.restore(template, which)
-    except ValueError as error:
-      raise ValueError(f"the checkpoint in {workdir} does not fit {dataset.name} "
-                       f"({dataset.num_classes} classes, images {dataset.image_shape}): {error}")
+    except Exception as error:  # orbax raises many kinds: damaged files, other shapes
+      reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+      raise ValueError(f"the {which} checkpoint {workdir / 'checkpoints' / which / str(step)} does "
+                       f"not restore for {dataset.name} ({dataset.num_classes} classes, images "
+                       f"{dataset.image_shape}): it is damaged or from other data ({reason}).")
   finally:
     checkpointer.close()
   return RestoredRun(config, state, meta, apply_fn, step)
