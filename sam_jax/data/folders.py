@@ -259,16 +259,32 @@ def stratified_split(
 # Decoding.
 
 
-def _decode(data: bytes, name: str, mode: str, size: Optional[int]) -> np.ndarray:
+# Decoded pixels per image above which a file is refused: 8192 x 8192, far
+# beyond any medical image set here, far below what would exhaust memory.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+def _decode(data: bytes, name: str, mode: str, size: Optional[int],
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError  # pillow is only needed here
 
   try:
     with Image.open(io.BytesIO(data)) as image:
+      width, height = image.size  # from the header: nothing decoded yet
+      if width * height > max_pixels:
+        raise ds.ImageReadError(
+            f"image {name} is {width}x{height} = {width * height} pixels, over the cap of "
+            f"{max_pixels} (max_pixels); a file this small that decodes this large may be a "
+            "decompression bomb. Raise max_pixels if it is a real image.")
       image.load()
       image = image.convert(mode)
       if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
       array = np.asarray(image, dtype=np.uint8)
+  except ds.ImageReadError:
+    raise
+  except Image.DecompressionBombError as error:  # PIL's own cap, above ours if raised
+    raise ds.ImageReadError(f"image {name} is refused as a decompression bomb: {error}") from None
   except (UnidentifiedImageError, OSError, ValueError) as error:
     raise ds.ImageReadError(f"cannot decode image {name}: {error}") from error
   if array.ndim == 2:
@@ -276,9 +292,9 @@ def _decode(data: bytes, name: str, mode: str, size: Optional[int]) -> np.ndarra
   return array
 
 
-def _decode_all(source, names, mode, size):
+def _decode_all(source, names, mode, size, max_pixels=DEFAULT_MAX_PIXELS):
   def work(name):
-    return _decode(source.read(name), name, mode, size)
+    return _decode(source.read(name), name, mode, size, max_pixels)
 
   workers = min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -310,6 +326,7 @@ def load_folder(
     split_file: Optional[PathLike] = None,
     duplicates: str = "drop",
     cache_dir: Optional[PathLike] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ds.Dataset:
   """Loads a class-per-folder dataset into train/val/test splits.
 
@@ -332,6 +349,9 @@ def load_folder(
       the same split), or ``"error"``.
     cache_dir: where to cache the decoded arrays (keyed by the file hashes,
       size, mode, policy and split).
+    max_pixels: an image whose header declares more pixels is refused with
+      :class:`~sam_jax.data.dataset.ImageReadError` naming it, before it is
+      decoded (decompression bombs).
 
   Returns:
     A :class:`~sam_jax.data.dataset.Dataset` (task ``binary`` for two classes,
@@ -406,7 +426,8 @@ def load_folder(
       [spec.name, list(class_names), size, mode, duplicates,
        sorted(zip(paths, hashes)), {k: sorted(v) for k, v in assignment.items()}]
   ).encode()).hexdigest()[:24]
-  images = _cached_images(cache_dir, key, lambda: _decode_all(src, paths, mode, size))
+  images = _cached_images(cache_dir, key,
+                          lambda: _decode_all(src, paths, mode, size, max_pixels))
 
   position = {p: i for i, p in enumerate(paths)}
   splits = {}

@@ -202,6 +202,33 @@ def test_unreadable_image(tmp_path):
     folders.load_folder(write_tree(tmp_path, files), "busi", size=16)
 
 
+def bomb_png(width: int, height: int) -> bytes:
+  """A 1x1 grayscale PNG whose header claims ``width x height`` (CRC fixed up)."""
+  import struct
+  import zlib
+
+  data = bytearray(png_bytes(np.zeros((1, 1), np.uint8)))
+  start = data.index(b"IHDR")
+  data[start + 4:start + 12] = struct.pack(">II", width, height)
+  data[start + 17:start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start:start + 17])))
+  return bytes(data)
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path):
+  files = busi_like()
+  files["Dataset_BUSI_with_GT/normal/normal (2).png"] = bomb_png(30000, 30000)
+  assert len(files["Dataset_BUSI_with_GT/normal/normal (2).png"]) < 1000
+  with pytest.raises(data.ImageReadError, match=r"normal \(2\)\.png.*decompression bomb"):
+    folders.load_folder(write_tree(tmp_path, files), "busi", size=16)
+
+
+def test_the_pixel_cap_is_an_option(tmp_path):
+  root = write_tree(tmp_path, busi_like())
+  with pytest.raises(data.ImageReadError, match=r"^image .* is 36x40 = 1440 pixels, over the cap of 1000"):
+    folders.load_folder(root, "busi", size=16, max_pixels=1000)
+  assert folders.load_folder(root, "busi", size=16, max_pixels=1440).image_shape == (16, 16, 3)
+
+
 def test_inconsistent_sizes_without_resizing(tmp_path):
   files = busi_like()
   files["Dataset_BUSI_with_GT/normal/normal (3).png"] = png_bytes(
