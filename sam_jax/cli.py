@@ -65,6 +65,7 @@ def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
   saved = pathlib.Path(args.workdir) / "config.json"
   if args.resume and saved.exists():
     base = config_lib.from_dict(json.loads(saved.read_text()))
+    config_lib.check_resume_changes(base, overrides)
   elif args.config:
     base = config_lib.load_file(args.config)
     if args.preset:

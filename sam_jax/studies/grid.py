@@ -102,7 +102,11 @@ def load_study(path: str | pathlib.Path, preset: str) -> Study:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"study file not found: {path}")
-  namespace = runpy.run_path(str(path))
+  try:
+    namespace = runpy.run_path(str(path))
+  except Exception as error:  # a study file is executed code: its errors are the file's
+    raise ValueError(f"study file {path} raised {type(error).__name__}: {error}".splitlines()[0]) \
+        from None
   if "get_study" not in namespace:
     raise ValueError(f"{path} must define get_study(preset) returning a sam_jax.studies.Study.")
   study = namespace["get_study"](preset)

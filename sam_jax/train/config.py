@@ -159,9 +159,51 @@ def load_file(path: Union[str, pathlib.Path]) -> TrainConfig:
   if path.suffix == ".json":
     return from_dict(json.loads(path.read_text()))
   if path.suffix == ".py":
-    namespace = runpy.run_path(str(path))
+    # A .py config is executed code; its errors are the file's, named as such.
+    try:
+      namespace = runpy.run_path(str(path))
+    except Exception as error:
+      raise ValueError(f"config file {path} raised {_where(error, path)}") from None
     if "get_config" not in namespace:
       raise ValueError(f"{path} must define get_config() returning a TrainConfig or a dict.")
-    value = namespace["get_config"]()
+    try:
+      value = namespace["get_config"]()
+    except Exception as error:
+      raise ValueError(f"get_config() in {path} raised {_where(error, path)}") from None
     return value if isinstance(value, TrainConfig) else from_dict(dict(value))
   raise ValueError(f"config files are .json or .py, got {path.name}.")
+
+
+def _where(error: Exception, path: pathlib.Path) -> str:
+  """``Type: message (line N)``: the innermost line of ``path`` in the traceback."""
+  import traceback
+
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if pathlib.Path(f.filename).resolve() == path.resolve()]
+  if isinstance(error, SyntaxError) and error.lineno:
+    lines.append(error.lineno)
+  where = f" (line {lines[-1]})" if lines else ""
+  return f"{type(error).__name__}: {error}".splitlines()[0] + where
+
+
+# Fields a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = ("epochs", "progress", "eval_batch_size", "checkpoint_every",
+                     "checkpoint_every_steps", "keep_checkpoints", "max_steps", "data_dir",
+                     "download")
+
+
+def check_resume_changes(saved: TrainConfig, overrides: dict[str, Any]) -> None:
+  """Refuses to resume with options that differ from the run's own, except harmless ones."""
+  stored = saved.to_dict()
+  changed = {k: v for k, v in overrides.items()
+             if k in stored and _comparable(stored[k]) != _comparable(v)}
+  bad = sorted(set(changed) - set(RESUMABLE_CHANGES))
+  if bad:
+    details = ", ".join(f"{k} (run: {stored[k]!r}, given: {changed[k]!r})" for k in bad)
+    raise ValueError(f"--resume continues the run as it was configured; these options differ: "
+                     f"{details}. Start a new work directory to change them (fields that may "
+                     f"change on resume: {', '.join(RESUMABLE_CHANGES)}).")
+
+
+def _comparable(value: Any) -> Any:
+  return list(value) if isinstance(value, (tuple, list)) else value

@@ -91,6 +91,37 @@ def test_existing_run_needs_resume(tiny_npz, tmp_path, capsys):
   assert "--resume" in capsys.readouterr().err
 
 
+def test_resume_refuses_changed_options_but_not_harmless_ones(tiny_npz, tmp_path, capsys):
+  args = ["train", "--dataset", tiny_npz, *TINY, "--epochs", "1", "--max-steps", "1",
+          "--workdir", str(tmp_path)]
+  assert cli.main(args) == 0
+  capsys.readouterr()
+  resume = ["train", "--workdir", str(tmp_path), "--resume"]
+  assert cli.main([*resume, "--optimizer", "sam", "--learning-rate", "0.5"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1
+  assert "learning_rate (run: 0.001, given: 0.5), optimizer (run: 'adam', given: 'sam')" in err[0]
+  # The same value as stored, and the fields that may change, are accepted.
+  assert cli.main([*resume, "--optimizer", "adam", "--epochs", "2", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise RuntimeError('no GPU here')\n", r"config file .*bad.py raised RuntimeError: no GPU here \(line 1\)"),
+    ("def get_config(:\n", r"config file .*bad.py raised SyntaxError"),
+    ("def get_config():\n  return {'optimizer': 1 / 0}\n",
+     r"get_config\(\) in .*bad.py raised ZeroDivisionError: division by zero \(line 2\)"),
+])
+def test_a_config_file_that_raises_is_one_line(tmp_path, capsys, body, message):
+  import re
+
+  bad = tmp_path / "bad.py"
+  bad.write_text(body)
+  assert cli.main(["train", "--config", str(bad), "--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and re.search(message, err[0]), err
+  assert not (tmp_path / "w").exists()
+
+
 def test_config_files_and_overrides(tiny_npz, tmp_path):
   py = tmp_path / "config.py"
   py.write_text(
