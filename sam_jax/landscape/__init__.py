@@ -14,10 +14,11 @@ draws the loss along one filter-normalized direction per run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +29,41 @@ from sam_jax.landscape.line import filter_normalized_direction, loss_along
 from sam_jax.landscape.sharpness import Sharpness, rho_sharpness
 
 __all__ = ["Eigen", "Sharpness", "filter_normalized_direction", "hvp", "loss_along",
-           "measure_run", "plot_lines", "rho_sharpness", "run_loss", "top_eigenvalue"]
+           "measure_run", "plot_lines", "rho_sharpness", "run_data", "run_loss", "top_eigenvalue"]
 
 
-def run_loss(workdir: str | pathlib.Path, *, examples: int = 512, chunk: int = 128,
-             which: str = "best", data_dir: str | None = None):
-  """``(loss, params, restored)`` for a run: the mean cross-entropy of its model on the
-  first ``examples`` training examples, in eval mode (running BatchNorm statistics), as a
-  function of the model's parameters alone."""
+@dataclasses.dataclass
+class RunData:
+  """A run's selected model and a fixed training subset, as arguments (not constants)."""
+
+  restored: Any
+  params: Any
+  model_state: Any
+  images: jax.Array
+  labels: jax.Array
+  criterion: Callable
+  chunk: int
+  key: str  # what the compiled measurement depends on: model, data shapes, chunk
+
+  def loss_of(self, model_state, images, labels) -> Callable[[Any], jax.Array]:
+    apply_fn, criterion, chunk = self.restored.apply_fn, self.criterion, self.chunk
+    n = images.shape[0]
+
+    def loss(params):
+      total = 0.0
+      for start in range(0, n, chunk):
+        logits, _ = apply_fn(params, model_state, images[start:start + chunk], train=False,
+                             rng=None)
+        total = total + criterion(logits.astype(jnp.float32), labels[start:start + chunk], None)
+      return total / (n // chunk)
+    return loss
+
+
+def run_data(workdir: str | pathlib.Path, *, examples: int = 512, chunk: int = 128,
+             which: str = "best", data_dir: str | None = None) -> RunData:
+  """A run's best model and the first ``examples`` training examples (a multiple of
+  ``chunk``), normalized as in training; the loss is their mean cross-entropy in eval mode
+  (running BatchNorm statistics), a function of the model's parameters alone."""
   from sam_jax.data import augment as augment_lib
   from sam_jax.data import dataset as ds
   from sam_jax.train import objectives, setup
@@ -47,43 +75,56 @@ def run_loss(workdir: str | pathlib.Path, *, examples: int = 512, chunk: int = 1
   dataset = setup.load_data(config)
   restored = setup.restore_run(workdir, dataset, which=which, config=config)
   train = dataset["train"]
-  n = min(examples, len(train)) // min(chunk, len(train)) * min(chunk, len(train))
-  chunk = min(chunk, n)
+  chunk = min(chunk, len(train))
+  n = min(examples, len(train)) // chunk * chunk
   normalize = augment_lib.augment_fn(setup.augment_config(config, dataset.spatial_dims))
   images = normalize(jax.random.key(0), jnp.asarray(train.images[:n]), train=False)
   labels = jnp.asarray(train.labels[:n]).astype(jnp.int32)
   if dataset.task != ds.MULTILABEL and labels.ndim > 1:
     labels = labels[:, 0]
-  model_state = restored.state.model_state
-  criterion = loss_for_task(dataset.task)
+  model_fields = {k: getattr(config, k) for k in ("model", "width", "patch_size", "stem",
+                                                  "dtype", "dataset", "size", "augment")}
+  key = json.dumps([model_fields, list(images.shape), chunk, dataset.task], default=str)
+  return RunData(restored, objectives.model_params(restored.state.params),
+                 restored.state.model_state, images, labels, loss_for_task(dataset.task), chunk,
+                 key)
 
-  def loss(params):
-    total = 0.0
-    for start in range(0, n, chunk):
-      logits, _ = restored.apply_fn(params, model_state, images[start:start + chunk],
-                                    train=False, rng=None)
-      total = total + criterion(logits.astype(jnp.float32), labels[start:start + chunk], None)
-    return total / (n // chunk)
 
-  return loss, objectives.model_params(restored.state.params), restored
+def run_loss(workdir: str | pathlib.Path, **kwargs):
+  """``(loss, params, restored)``: :func:`run_data`'s loss closed over its data."""
+  data = run_data(workdir, **kwargs)
+  return data.loss_of(data.model_state, data.images, data.labels), data.params, data.restored
+
+
+_COMPILED: dict = {}
 
 
 def measure_run(workdir: str | pathlib.Path, *, examples: int = 512, rho: float = 0.05,
                 ascent_steps: int = 5, power_iterations: int = 20, seed: int = 0,
                 data_dir: str | None = None) -> dict:
-  """Top Hessian eigenvalue and ρ-sharpness of a run's selected model; writes ``sharpness.json``."""
+  """Top Hessian eigenvalue and ρ-sharpness of a run's selected model; writes ``sharpness.json``.
+
+  Runs of the same model and data shapes share one compiled measurement in a
+  process (weights, statistics and data are its arguments), so measuring a
+  whole grid compiles once per model.
+  """
   start = time.perf_counter()
-  loss, params, restored = run_loss(workdir, examples=examples, data_dir=data_dir)
-  eig = jax.jit(lambda p: top_eigenvalue(loss, p, jax.random.key(seed),
-                                         num_iterations=power_iterations))(params)
-  sharp = jax.jit(lambda p: rho_sharpness(loss, p, rho, steps=ascent_steps))(params)
+  data = run_data(workdir, examples=examples, data_dir=data_dir)
+  key = (data.key, rho, ascent_steps, power_iterations, seed)
+  if key not in _COMPILED:
+    def measure(params, model_state, images, labels):
+      loss = data.loss_of(model_state, images, labels)
+      eig = top_eigenvalue(loss, params, jax.random.key(seed), num_iterations=power_iterations)
+      return eig, rho_sharpness(loss, params, rho, steps=ascent_steps)
+    _COMPILED[key] = jax.jit(measure)
+  eig, sharp = _COMPILED[key](data.params, data.model_state, data.images, data.labels)
   result = {
       "hessian_top_eigenvalue": float(eig.value),
       "power_iteration_converged": bool(eig.converged),
       "power_iteration_history": [float(v) for v in eig.history],
       "rho": rho, "ascent_steps": ascent_steps, "rho_sharpness": float(sharp.value),
-      "train_subset_loss": float(sharp.loss), "examples": examples,
-      "checkpoint_step": int(restored.step), "seconds": time.perf_counter() - start,
+      "train_subset_loss": float(sharp.loss), "examples": int(data.images.shape[0]),
+      "checkpoint_step": int(data.restored.step), "seconds": time.perf_counter() - start,
   }
   (pathlib.Path(workdir) / "sharpness.json").write_text(json.dumps(result, indent=2))
   return result
