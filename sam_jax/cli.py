@@ -104,11 +104,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _study_paths(args: argparse.Namespace, study) -> tuple[pathlib.Path, pathlib.Path]:
-  """(runs root, report file): ``experiments/results/<study>[_<preset>]`` by default."""
+  """(runs root, report file): ``experiments/results/<study>[_<preset>]`` by default, and
+  the report beside it as ``<that>.md``."""
   suffix = "" if args.preset == "cpu" else f"_{args.preset}"
-  results = pathlib.Path("experiments") / "results"
-  root = pathlib.Path(args.workdir) if args.workdir else results / f"{study.name}{suffix}"
-  return root, (root.parent if args.workdir else results) / f"{study.name}{suffix}.md"
+  root = pathlib.Path(args.workdir or pathlib.Path("experiments") / "results" / f"{study.name}{suffix}")
+  return root, root.with_name(root.name + ".md")
 
 
 def _commit_run(directory: pathlib.Path, message: str) -> None:
@@ -145,9 +145,7 @@ def grid_command(args: argparse.Namespace) -> int:
                               log=lambda m: print(m, flush=True),
                               run_log=quiet if args.quiet else lambda m: print(m, flush=True))
     print(json.dumps(counts))
-  path = studies.write_study_report(study, root, report.parent, args.preset)
-  if report.name != path.name:
-    path.rename(report)
+  studies.write_study_report(study, root, report, args.preset)
   print(f"report: {report}")
   return 0
 

@@ -4,7 +4,7 @@
         [studies.Block(["breastmnist"], ["resnet18"], ["adam", "sam"])], seeds=range(5),
         configure=lambda dataset, model, method: ...), baselines={"sam": "adam"})
     studies.run_grid(study, "experiments/results/mine")
-    studies.write_study_report(study, root, out_dir, preset="cpu")
+    studies.write_study_report(study, root, "experiments/results/mine.md", preset="cpu")
 
 The command line: ``sam-jax grid run|status|report STUDY_FILE`` and
 ``sam-jax compare RUN_DIR...``.

@@ -246,19 +246,21 @@ def plot_sharpness_vs_auc(groups: dict[tuple[str, str], dict[str, dict]],
   return True
 
 
-def write_study_report(study: grid.Study, root: pathlib.Path, out_dir: pathlib.Path,
+def write_study_report(study: grid.Study, root: pathlib.Path, path: pathlib.Path,
                        preset: str) -> pathlib.Path:
-  """``<out_dir>/<study>.md`` with ``<study>_auc.png`` and ``<study>_curves.png`` beside it."""
-  out_dir.mkdir(parents=True, exist_ok=True)
+  """The report at ``path`` (markdown) with ``<stem>_auc.png``, ``<stem>_curves.png`` and,
+  when runs were measured, ``<stem>_sharpness.png`` beside it."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   groups = study_groups(study, root)
-  path = out_dir / f"{study.name}.md"
+  stem = path.stem
   text = study_report(study, root, preset)
-  plot_bars(groups, out_dir / f"{study.name}_auc.png")
-  plot_validation_curves(groups, out_dir / f"{study.name}_curves.png")
-  text += (f"\n![test AUC per method]({study.name}_auc.png)\n\n"
-           f"![validation AUC per epoch]({study.name}_curves.png)\n")
-  if plot_sharpness_vs_auc(groups, out_dir / f"{study.name}_sharpness.png"):
-    text += f"\n![sharpness against test AUC]({study.name}_sharpness.png)\n"
+  plot_bars(groups, path.parent / f"{stem}_auc.png")
+  plot_validation_curves(groups, path.parent / f"{stem}_curves.png")
+  text += (f"\n![test AUC per method]({stem}_auc.png)\n\n"
+           f"![validation AUC per epoch]({stem}_curves.png)\n")
+  if plot_sharpness_vs_auc(groups, path.parent / f"{stem}_sharpness.png"):
+    text += f"\n![sharpness against test AUC]({stem}_sharpness.png)\n"
   path.write_text(text)
   return path
 

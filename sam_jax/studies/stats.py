@@ -28,9 +28,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
+  """``mean ± std``; a single value alone (it has no spread to show)."""
   mean, std = mean_std(values)
   if math.isnan(mean):
     return "–"
+  if sum(1 for v in values if v is not None and not math.isnan(v)) == 1:
+    return f"{mean:.{digits}f}"
   return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

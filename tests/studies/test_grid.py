@@ -87,7 +87,7 @@ def test_an_interrupted_run_resumes_in_the_grid(tiny_npz, tmp_path, finished):
 
 def test_report_has_every_cell_with_seeds_and_paired_test(finished, tmp_path):
   study, root, _, _ = finished
-  path = studies.write_study_report(study, root, tmp_path, "cpu")
+  path = studies.write_study_report(study, root, tmp_path / "tiny.md", "cpu")
   text = path.read_text()
   assert "## tiny, resnet18" in text and "4 of 6 runs finished" in text
   sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))

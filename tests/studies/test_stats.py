@@ -15,6 +15,7 @@ def test_mean_std_is_the_sample_std():
   assert stats.mean_std([0.5]) == (0.5, 0.0)
   assert all(math.isnan(v) for v in stats.mean_std([]))
   assert stats.format_mean_std([0.8, 0.9, 1.0]) == "0.900 ± 0.100"
+  assert stats.format_mean_std([0.5]) == "0.500" and stats.format_mean_std([]) == "–"
 
 
 def test_paired_test_matches_scipy_over_common_seeds():
