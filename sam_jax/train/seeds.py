@@ -73,7 +73,7 @@ def seeds_placement(build) -> Placement:
 def stacked_batches(batch_iterators: Sequence[Any]):
   """One ``(batch_index, batch)`` per step, each seed's batch stacked on axis 0."""
   for index, batches in enumerate(zip(*batch_iterators)):
-    yield index, jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+    yield index, stack(batches)
 
 
 def check_seeds(config: TrainConfig, seeds: Sequence[int], workdirs: Sequence[Any]) -> None:
@@ -221,6 +221,7 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
   every = config.checkpoint_every_steps
   step = int(jax.device_get(device_state.step)[0])
   first_step_s, epoch_times = None, []
+  param_paths = _first(device_state)  # the structure the non-finite message names
 
   def save_mid_epoch(step_, state, next_batch, epoch):
     for run, host in zip(runs, unstack(state, n)):
@@ -236,7 +237,7 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
     result = train_epoch(
         placement, device_state, ((start_batch + i, b) for i, b in batches),
         step=step, step_key=step_keys, sums=[run.sums for run in runs],
-        param_paths_of=_first(device_state),
+        param_paths_of=param_paths,
         nonfinite=config.nonfinite, max_steps=config.max_steps,
         checkpoint_due=lambda s, b: bool(every) and s % every == 0 and b + 1 < steps_per_epoch,
         save=lambda s, st, nb, epoch=epoch: save_mid_epoch(s, st, nb, epoch),
