@@ -28,6 +28,13 @@ from typing import Optional, Sequence
 
 from sam_jax.train import config as config_lib
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a usage error on one line (the usage itself is in --help)."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, help="where records and checkpoints go")
   parser.add_argument("--preset", choices=config_lib.PRESETS, help="start from a preset")
@@ -35,33 +42,22 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   for field in dataclasses.fields(config_lib.TrainConfig):
     flag = "--" + field.name.replace("_", "-")
-    kind = _scalar_type(field)
+    kind = config_lib.field_kind(field)
     if kind is bool:
       parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                           default=None)
-    elif field.name == "milestones":
+    elif field.name in config_lib.TUPLE_FIELDS:
       parser.add_argument(flag, dest=field.name, type=float, nargs="+", default=None)
     else:
       parser.add_argument(flag, dest=field.name, type=kind, default=None)
 
 
-def _scalar_type(field: dataclasses.Field):
-  """bool, float, int or str, from the field's annotation (a string here)."""
-  text = str(field.type)
-  if "bool" in text:
-    return bool
-  if "float" in text:
-    return float
-  if "int" in text:
-    return int
-  return str
-
-
 def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
   overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_lib.TrainConfig)
                if getattr(args, f.name) is not None}
-  if "milestones" in overrides:
-    overrides["milestones"] = tuple(overrides["milestones"])
+  for field in config_lib.TUPLE_FIELDS:
+    if field in overrides:
+      overrides[field] = tuple(overrides[field])
   saved = pathlib.Path(args.workdir) / "config.json"
   if args.resume and saved.exists():
     base = config_lib.from_dict(json.loads(saved.read_text()))
@@ -69,7 +65,7 @@ def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
   elif args.config:
     base = config_lib.load_file(args.config)
     if args.preset:
-      raise SystemExit("error: give --preset or --config, not both")
+      raise ValueError("give --preset or --config, not both")
   elif args.preset:
     base = config_lib.preset(args.preset, overrides.get("dataset", "breastmnist"))
   else:
@@ -204,13 +200,13 @@ def landscape_command(args: argparse.Namespace) -> int:
 
 def _parse_train(argv: Sequence[str]) -> argparse.Namespace:
   """The ``train`` options alone (for tests and scripts)."""
-  parser = argparse.ArgumentParser(prog="sam-jax train")
+  parser = _Parser(prog="sam-jax train")
   _add_train_options(parser)
   return parser.parse_args(list(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="sam-jax", description=__doc__.splitlines()[0])
+  parser = _Parser(prog="sam-jax", description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest="command", required=True)
   train_parser = commands.add_parser("train", help="train and evaluate one configuration")
   _add_train_options(train_parser)
@@ -272,14 +268,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "landscape": landscape_command}
   try:
     return commands_by_name[args.command](args)
-  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-          WorkdirBusyError) as error:
-    # Bad options and missing data: one clear line, not a traceback.
-    print(f"sam-jax: error: {error}", file=sys.stderr)
-    return 2
+  except (ValueError, WorkdirBusyError) as error:
+    # Bad options and bad data: one clear line, not a traceback.
+    return _fail("error", error, 2)
+  except OSError as error:
+    # Missing files, permissions, a full disk: the user's to fix, so one line too.
+    return _fail("error", _describe_os_error(error), 2)
   except NonFiniteError as error:
-    print(f"sam-jax: training stopped: {error}", file=sys.stderr)
-    return 3
+    return _fail("training stopped", error, 3)
+
+
+def _fail(kind: str, error: object, code: int) -> int:
+  text = " ".join(str(error).split("\n")).strip() or type(error).__name__
+  print(f"sam-jax: {kind}: {text}", file=sys.stderr)
+  return code
+
+
+def _describe_os_error(error: OSError) -> str:
+  """The library's own message, or ``strerror: path`` for the system's."""
+  if error.strerror is None or not error.filename:
+    return str(error)
+  path = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+  return f"{error.strerror}: {path}"
 
 
 if __name__ == "__main__":

@@ -125,15 +125,21 @@ class _Source:
     self.path = path
     if path.is_dir():
       self._zip = None
-      self.files = sorted(
-          p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()
-      )
+      # rglob does not descend into symlinked directories, so a link loop ends.
+      entries = [(p.relative_to(path).as_posix(), p.is_file()) for p in path.rglob("*")]
+      files = (name for name, is_file in entries if is_file)
+      empty_dirs = [name for name, is_file in entries if not is_file]
     else:
       try:
         self._zip = zipfile.ZipFile(path)
-      except zipfile.BadZipFile as error:
-        raise ds.CorruptDatasetError(f"{path} is neither a folder nor a readable zip: {error}")
-      self.files = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+      except (zipfile.BadZipFile, OSError) as error:
+        raise ds.CorruptDatasetError(
+            f"{path} is neither a folder nor a readable zip: {error}") from None
+      files = (n for n in self._zip.namelist() if not n.endswith("/"))
+      empty_dirs = [n.rstrip("/") for n in self._zip.namelist() if n.endswith("/")]
+    self.files = sorted(f for f in files if not _hidden(f))
+    # Folders are known from their files, and these too (an empty class folder).
+    self._extra_dirs = [d for d in empty_dirs if not _hidden(d)]
 
   def read(self, name: str) -> bytes:
     if self._zip is not None:
@@ -142,11 +148,16 @@ class _Source:
 
   def directories(self) -> set[str]:
     dirs = {""}
-    for f in self.files:
+    for f in self.files + [f"{d}/" for d in self._extra_dirs]:
       parts = f.split("/")[:-1]
       for i in range(1, len(parts) + 1):
         dirs.add("/".join(parts[:i]))
     return dirs
+
+
+def _hidden(name: str) -> bool:
+  """Hidden files and folders, and the ``__MACOSX/`` resource forks of macOS zips."""
+  return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
 def _open_source(path: PathLike, spec: FolderSpec) -> _Source:
@@ -185,14 +196,26 @@ def _class_root(source: _Source, spec: FolderSpec) -> tuple[str, dict[str, tuple
         f"{spec.name}: class folders {sorted(needed)} not found in {source.path}; "
         f"top-level entries: {sorted(children.get('', set()))[:10]}. {spec.how_to_get}".strip()
     )
+  skip = [re.compile(p, re.IGNORECASE) for p in spec.skip]
+  single = None
   for d in by_depth:
     prefix = f"{d}/" if d else ""
-    with_images = sorted(
-        c for c in children.get(d, set())
-        if any(f.startswith(f"{prefix}{c}/") and _is_image(f) for f in source.files)
-    )
+    folders = sorted(c for c in children.get(d, set()) if not any(p.search(f"{c}/") for p in skip))
+    with_images = [c for c in folders
+                   if any(f.startswith(f"{prefix}{c}/") and _is_image(f) for f in source.files)]
     if len(with_images) >= 2:
+      empty = sorted(set(folders) - set(with_images))
+      if empty:
+        raise ds.EmptyClassError(
+            f"{spec.name}: class folder(s) {empty} under {source.path}/{d} have no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) beside {with_images}; add images or remove them.")
       return d, {c: (c,) for c in with_images}
+    if len(with_images) == 1:
+      single = f"{prefix}{with_images[0]}"  # the deepest such folder is the one to name
+  if single is not None:
+    raise ds.EmptyClassError(
+        f"{spec.name}: {source.path} has one class folder of images ({single}); a classifier "
+        "needs two or more, one folder per class.")
   raise ds.DatasetNotFoundError(
       f"{spec.name}: no directory in {source.path} has two or more class folders of images."
   )
@@ -366,8 +389,16 @@ def load_folder(
     raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}.")
   if size is not None and size < 1:
     raise ValueError(f"size must be a positive number of pixels, got {size}.")
+  if len(ratios) != len(SPLIT_NAMES):
+    raise ValueError(f"ratios are the {'/'.join(SPLIT_NAMES)} fractions, got {list(ratios)}.")
   src = _open_source(source, spec)
   root, class_folders = _class_root(src, spec)
+  layout = _split_layout(src, root, class_folders) if spec.class_folders is None else None
+  if layout is not None:
+    if split_file is not None:
+      raise ValueError(f"{spec.name}: {src.path} comes split into {sorted(layout.values())} "
+                       "folders; a split_file cannot re-split it.")
+    class_folders = _classes_of_layout(src, root, layout, spec)
   skip = [re.compile(p, re.IGNORECASE) for p in spec.skip]
 
   paths: list[str] = []
@@ -416,7 +447,10 @@ def load_folder(
   hashes = [hashes[i] for i in kept]
   _, group_ids = np.unique(hashes, return_inverse=True)
 
-  assignment = _assign_splits(paths, labels, group_ids, ratios, seed, split_file, spec)
+  if layout is not None:
+    assignment = _layout_splits(paths, labels, root, layout, ratios, seed)
+  else:
+    assignment = _assign_splits(paths, labels, group_ids, ratios, seed, split_file, spec)
   cross = [g for g in _cross_split_groups(paths, hashes, assignment)]
   report["cross_split"] = cross
   if cross and duplicates == "error":
@@ -444,6 +478,62 @@ def load_folder(
             "duplicates": report, "split": assignment, "seed": seed,
             "ratios": list(ratios), "cache_key": key},
   )
+
+
+# Folder names of a dataset that comes split (torchvision/Kaggle layouts).
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+
+
+def _split_layout(src, root, class_folders) -> Optional[dict[str, str]]:
+  """``{folder: split}`` when the "class folders" found are split folders (``train/``,
+  ``val/``, ``test/`` holding the classes), else ``None``."""
+  names = {f.lower(): f for f in class_folders}
+  if not set(names) <= set(SPLIT_FOLDERS):
+    return None
+  layout = {names[n]: SPLIT_FOLDERS[n] for n in names}
+  if sorted(layout.values()) != sorted(set(layout.values())):
+    raise ds.CorruptDatasetError(f"{src.path}: split folders {sorted(layout)} name one split "
+                                 "twice.")
+  if "train" not in layout.values():
+    raise ds.DatasetNotFoundError(f"{src.path}: split folders {sorted(layout)} but no train/.")
+  return layout
+
+
+def _classes_of_layout(src, root, layout, spec) -> dict[str, tuple[str, ...]]:
+  """class -> its folder in each split folder (``train/benign``, ``test/benign``, ...)."""
+  prefix = f"{root}/" if root else ""
+  found: dict[str, set[str]] = {}  # split folder -> its class folders with images
+  for folder in layout:
+    base = f"{prefix}{folder}/"
+    found[folder] = {f[len(base):].split("/")[0] for f in src.files
+                     if f.startswith(base) and _is_image(f) and "/" in f[len(base):]}
+  classes = {c: [f"{folder}/{c}" for folder in layout if c in found[folder]]
+             for c in set().union(*found.values())}
+  train = next(f for f, split in layout.items() if split == "train")
+  missing = sorted(c for c, fs in classes.items() if f"{train}/{c}" not in fs)
+  if missing:
+    raise ds.EmptyClassError(f"{spec.name}: class(es) {missing} of {src.path} have no folder "
+                             f"under {train}/, so no training images.")
+  if len(classes) < 2:
+    raise ds.EmptyClassError(f"{spec.name}: {src.path} has {len(classes)} class folder(s) "
+                             f"under {train}/; a classifier needs two or more.")
+  return {c: tuple(classes[c]) for c in sorted(classes)}
+
+
+def _layout_splits(paths, labels, root, layout, ratios, seed):
+  """Each image's split from its folder; without ``val/``, val is carved out of train
+  (stratified, ``ratios[1] / (ratios[0] + ratios[1])`` of it, from ``seed``)."""
+  prefix = f"{root}/" if root else ""
+  split_of = [layout[p[len(prefix):].split("/")[0]] for p in paths]
+  assignment = {name: [p for p, s in zip(paths, split_of) if s == name] for name in SPLIT_NAMES}
+  if "val" not in layout.values():
+    train = np.array([i for i, s in enumerate(split_of) if s == "train"])
+    share = ratios[1] / (ratios[0] + ratios[1]) if ratios[0] + ratios[1] > 0 else 0.0
+    keep, val = stratified_split(labels[train], (1 - share, share), seed)
+    assignment["train"] = [paths[i] for i in train[keep]]
+    assignment["val"] = [paths[i] for i in train[val]]
+  return assignment
 
 
 def _assign_splits(paths, labels, group_ids, ratios, seed, split_file, spec):

@@ -208,6 +208,7 @@ def load(
     size: int = 28,
     verify_md5: bool = True,
     task: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> ds.Dataset:
   """Loads a MedMNIST-format ``.npz`` into a :class:`~sam_jax.data.dataset.Dataset`.
 
@@ -220,6 +221,11 @@ def load(
     verify_md5: check the official MD5 when the file is an official one.
     task: for files that are not official: ``binary``, ``multiclass``,
       ``multilabel`` or ``ordinal``; inferred from the labels when omitted.
+    num_classes: for files that are not official and not multi-label: the
+      number of classes. By default it is ``max(label) + 1`` and every class
+      must have training examples, so that one stray label (a 7 in a binary
+      set) is an error naming it rather than a silently wider model; give
+      ``num_classes`` to declare classes that really have no example.
 
   Raises:
     DatasetNotFoundError, CorruptDatasetError, ChecksumError,
@@ -278,7 +284,15 @@ def load(
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if images.dtype != np.uint8:
       raise ds.CorruptDatasetError(f"{path}: {split}_images are {images.dtype}, not uint8.")
-    images = ds.channel_last(images, spatial_dims)
+    try:
+      images = ds.channel_last(images, spatial_dims)
+    except ds.DatasetError as error:
+      raise ds.CorruptDatasetError(f"{path}: {split}_images: {error}") from None
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+      raise ds.CorruptDatasetError(f"{path}: {split}_labels are {labels.dtype} with "
+                                   "non-integer values; labels are class indices.")
+    if labels.dtype.kind not in "iubf":
+      raise ds.CorruptDatasetError(f"{path}: {split}_labels are {labels.dtype}, not integers.")
     if labels.ndim == 1:
       labels = labels[:, None]
     if labels.ndim != 2 or len(labels) != len(images):
@@ -286,6 +300,8 @@ def load(
           f"{path}: {split}_labels have shape {labels.shape} for {len(images)} images."
       )
     splits[split] = (images, labels.astype(np.int32))
+  if not len(splits["train"][0]):
+    raise ds.CorruptDatasetError(f"{path}: the train split is empty.")
 
   if entry is not None:
     resolved_task = entry.task
@@ -293,8 +309,16 @@ def load(
   else:
     all_labels = np.concatenate([l for _, l in splits.values()])
     resolved_task = task or _guess_task(all_labels)
-    width = all_labels.shape[1] if resolved_task == ds.MULTILABEL else int(all_labels.max()) + 1
+    if resolved_task == ds.MULTILABEL:
+      width = all_labels.shape[1]
+    else:
+      width = num_classes if num_classes is not None else int(all_labels.max()) + 1
+      if num_classes is None:
+        _check_classes_present(path, splits["train"][1][:, 0], width)
     class_names = tuple(str(i) for i in range(width))
+  if num_classes is not None and (entry is not None or resolved_task == ds.MULTILABEL):
+    raise ValueError(f"num_classes applies to single-label files of your own; {name} has "
+                     f"{len(class_names)} {'labels' if resolved_task == ds.MULTILABEL else 'classes'}.")
   if task is not None and task != resolved_task:
     raise ValueError(f"{name} is a {resolved_task} task, not {task}.")
 
@@ -314,6 +338,19 @@ def load(
       meta={"source": str(path), "size": int(final["train"].images.shape[1]),
             "official": official is not None},
   )
+
+
+def _check_classes_present(path: pathlib.Path, train_labels: np.ndarray, width: int) -> None:
+  """Every label in ``0..width-1`` must occur in training, or the labels are odd."""
+  counts = np.bincount(train_labels[train_labels >= 0], minlength=width) \
+      if len(train_labels) else np.zeros(width, int)
+  empty = np.flatnonzero(counts == 0)
+  if len(empty):
+    present = ", ".join(f"{c}: {n}" for c, n in enumerate(counts) if n)
+    raise ds.EmptyClassError(
+        f"{path}: labels run 0..{width - 1} but class(es) {empty.tolist()} have no training "
+        f"example (training counts {{{present}}}); fix the odd labels, or pass num_classes "
+        f"(--num-classes) if those classes really have none.")
 
 
 def _guess_spatial_dims(images: np.ndarray) -> int:

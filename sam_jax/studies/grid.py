@@ -102,14 +102,18 @@ def load_study(path: str | pathlib.Path, preset: str) -> Study:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"study file not found: {path}")
+  from sam_jax.train.config import describe_file_error
+
   try:
     namespace = runpy.run_path(str(path))
   except Exception as error:  # a study file is executed code: its errors are the file's
-    raise ValueError(f"study file {path} raised {type(error).__name__}: {error}".splitlines()[0]) \
-        from None
+    raise ValueError(f"study file {path} raised {describe_file_error(error, path)}") from None
   if "get_study" not in namespace:
     raise ValueError(f"{path} must define get_study(preset) returning a sam_jax.studies.Study.")
-  study = namespace["get_study"](preset)
+  try:
+    study = namespace["get_study"](preset)
+  except Exception as error:
+    raise ValueError(f"get_study({preset!r}) in {path} raised {describe_file_error(error, path)}") from None
   if not isinstance(study, Study):
     raise ValueError(f"{path}: get_study({preset!r}) returned {type(study).__name__}, not a Study.")
   return study

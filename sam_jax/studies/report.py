@@ -277,6 +277,8 @@ def find_runs(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
   found = []
   for path in paths:
     matches = [pathlib.Path(m) for m in sorted(glob.glob(str(path)))] or [pathlib.Path(path)]
+    if not any(m.exists() for m in matches):
+      raise FileNotFoundError(f"no run directory or folder matches {path}.")
     for match in matches:
       if (match / "results.json").is_file():
         found.append(match)

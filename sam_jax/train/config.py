@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 from sam_jax import data as data_lib
 
 PRESETS = ("medmnist", "cpu")
+TUPLE_FIELDS = ("milestones", "split_ratios")
 
 
 @dataclasses.dataclass
@@ -35,10 +36,18 @@ class TrainConfig:
   """Everything that defines a run. ``None`` means "the method's default"."""
 
   # Data.
-  dataset: str = "breastmnist"          # a known name, or a path to a MedMNIST-format .npz
+  dataset: str = "breastmnist"          # a known name, a MedMNIST-format .npz, or a class-per-folder directory or zip
   data_dir: Optional[str] = None        # default: $SAM_JAX_DATA_DIR
   size: Optional[int] = None            # MedMNIST size (28, 64, ...) or folder resize
   download: bool = False                # fetch official MedMNIST files when missing
+  num_classes: Optional[int] = None     # .npz: declare classes that have no training example
+  # Image folders (your own, or busi/covid/...): how they become splits.
+  channels: Optional[int] = None        # 1 (grayscale) or 3 (RGB); default: the preset's, RGB for yours
+  split_ratios: tuple[float, ...] = (0.7, 0.1, 0.2)  # train/val/test, stratified by class
+  split_seed: int = 0
+  split_file: Optional[str] = None      # JSON split: used if it exists, written if not
+  duplicates: str = "drop"              # identical files: "drop", "keep" or "error"
+  max_pixels: int = data_lib.folders.DEFAULT_MAX_PIXELS  # refuse images that decode larger (decompression bombs)
   augment: str = "none"                 # "none" or "standard"
   # Model.
   model: str = "resnet18"
@@ -129,9 +138,38 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
   if unknown:
     raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(fields)}.")
   values = dict(values)
-  if "milestones" in values:
-    values["milestones"] = tuple(values["milestones"])
+  for field in dataclasses.fields(TrainConfig):
+    if field.name in values:
+      values[field.name] = _checked(field, values[field.name])
   return TrainConfig(**values)
+
+
+def field_kind(field: dataclasses.Field) -> type:
+  """bool, float, int, str or tuple, from a field's annotation (a string here)."""
+  text = str(field.type)
+  for kind in (tuple, bool, float, int):
+    if kind.__name__ in text:
+      return kind
+  return str
+
+
+def _checked(field: dataclasses.Field, value: Any) -> Any:
+  """``value`` if it has the field's type (ints pass for floats, lists for tuples)."""
+  kind = field_kind(field)
+  if value is None and "Optional" in str(field.type):
+    return None
+  if kind is tuple and isinstance(value, (list, tuple)) and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    return tuple(value)
+  if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
+    return value
+  if kind is bool and isinstance(value, bool):
+    return value
+  wanted = "a list of numbers" if kind is tuple else f"a {kind.__name__}"
+  raise ValueError(f"config field {field.name} must be {wanted}"
+                   f"{' or null' if 'Optional' in str(field.type) else ''}, got {value!r}.")
 
 
 def preset(name: str, dataset: str = "breastmnist") -> TrainConfig:
@@ -157,24 +195,31 @@ def load_file(path: Union[str, pathlib.Path]) -> TrainConfig:
   if not path.is_file():
     raise FileNotFoundError(f"config file not found: {path}")
   if path.suffix == ".json":
-    return from_dict(json.loads(path.read_text()))
+    try:
+      values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+      raise ValueError(f"config file {path} is not valid JSON: {error.msg} (line {error.lineno}, "
+                       f"column {error.colno}).") from None
+    if not isinstance(values, dict):
+      raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}.")
+    return from_dict(values)
   if path.suffix == ".py":
     # A .py config is executed code; its errors are the file's, named as such.
     try:
       namespace = runpy.run_path(str(path))
     except Exception as error:
-      raise ValueError(f"config file {path} raised {_where(error, path)}") from None
+      raise ValueError(f"config file {path} raised {describe_file_error(error, path)}") from None
     if "get_config" not in namespace:
       raise ValueError(f"{path} must define get_config() returning a TrainConfig or a dict.")
     try:
       value = namespace["get_config"]()
     except Exception as error:
-      raise ValueError(f"get_config() in {path} raised {_where(error, path)}") from None
+      raise ValueError(f"get_config() in {path} raised {describe_file_error(error, path)}") from None
     return value if isinstance(value, TrainConfig) else from_dict(dict(value))
   raise ValueError(f"config files are .json or .py, got {path.name}.")
 
 
-def _where(error: Exception, path: pathlib.Path) -> str:
+def describe_file_error(error: Exception, path: pathlib.Path) -> str:
   """``Type: message (line N)``: the innermost line of ``path`` in the traceback."""
   import traceback
 

@@ -63,14 +63,22 @@ def train_and_evaluate(
   a second run on it stops with :class:`WorkdirBusyError` before writing.
   """
   setup.check_config(config)
-  with WorkdirLock(workdir, log):
-    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log)
+  workdir = pathlib.Path(workdir)
+  with WorkdirLock(workdir, log) as lock:
+    try:
+      return _train_and_evaluate(config, workdir, resume, log, lock.check)
+    except Exception:
+      lock.check()  # a vanished work directory is the cause of whatever failed
+      raise
 
 
-def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log) -> dict:
+def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log,
+                        check_workdir=lambda: None) -> dict:
   start_time = time.perf_counter()
   dataset = setup.load_data(config)
   setup.check_against_data(config, dataset)
+  for warning in setup.data_warnings(dataset):
+    log(warning)
   train_split = dataset["train"]
   num_devices = parallel.device_count(config.parallel)
   if config.batch_size % num_devices:
@@ -149,6 +157,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       record = records_lib.epoch_record(epoch + 1, step, float(schedule(max(step - 1, 0))), sums,
                                         evaluate("val"), evaluate("test"), train_seconds)
       improved = selection.update(record)
+      check_workdir()
       epoch_log.append(record)
       log(records_lib.epoch_line(record, config.epochs, improved))
       sums, start_batch = EpochSums(), 0
@@ -165,6 +174,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   finally:
     checkpointer.close()
 
+  check_workdir()
   epochs = epoch_log.read()
   results = records_lib.run_results(
       config, dataset, objective.name, selection, epochs, last_epoch=last_epoch,

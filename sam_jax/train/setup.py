@@ -35,23 +35,74 @@ SAMPLERS = ("shuffle", "dual")
 
 
 def load_data(config: TrainConfig) -> ds.Dataset:
-  if config.dataset.endswith(".npz"):
-    return data_lib.medmnist.load(config.dataset)
-  return data_lib.load_dataset(config.dataset, config.data_dir, size=config.size,
+  """The dataset ``config.dataset`` names: a known name, an ``.npz``, or a folder or zip path."""
+  name = config.dataset
+  if name.lower().endswith(".npz"):
+    return data_lib.medmnist.load(name, num_classes=config.num_classes)
+  if config.num_classes is not None:
+    raise ValueError("num_classes applies to .npz datasets; a folder's classes are its folders.")
+  if is_folder_path(name):
+    path = pathlib.Path(name)
+    spec = data_lib.folders.FolderSpec(name=path.stem or path.resolve().name)
+    return data_lib.folders.load_folder(path, spec, size=config.size, **folder_options(config))
+  if name.lower() in data_lib.folders.PRESETS:
+    return data_lib.load_dataset(name, config.data_dir, size=config.size,
+                                 **folder_options(config))
+  if config.channels is not None:
+    raise ValueError(f"channels applies to image folders; {name} comes with its own.")
+  return data_lib.load_dataset(name, config.data_dir, size=config.size,
                                download=config.download)
+
+
+def data_warnings(dataset: ds.Dataset) -> list[str]:
+  """What a user should know about the data before trusting a score on it."""
+  duplicates = dataset.meta.get("duplicates") or {}
+  cross = duplicates.get("cross_split") or []
+  if not cross:
+    return []
+  return [f"warning: {len(cross)} group(s) of identical images lie in different splits of "
+          f"{dataset.name} (duplicates policy {duplicates.get('policy')!r}, from the split "
+          "file): test scores may be optimistic; use duplicates='drop' or fix the split."]
+
+
+def is_folder_path(dataset: str) -> bool:
+  """Whether ``--dataset`` names a directory or zip of images rather than a known set."""
+  if dataset.lower() in data_lib.DATASETS:
+    return False
+  return dataset.lower().endswith(".zip") or "/" in dataset or pathlib.Path(dataset).is_dir()
+
+
+def folder_options(config: TrainConfig) -> dict[str, Any]:
+  """``load_folder``'s options from the config (channels, splits, duplicates, pixel cap)."""
+  if config.channels not in (None, 1, 3):
+    raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {config.channels}.")
+  mode = {None: None, 1: "L", 3: "RGB"}[config.channels]
+  return dict(mode=mode, ratios=config.split_ratios, seed=config.split_seed,
+              split_file=config.split_file, duplicates=config.duplicates,
+              max_pixels=config.max_pixels)
 
 
 def check_config(config: TrainConfig) -> None:
   """Raises ``ValueError`` naming every option that cannot work (before any data is read)."""
+  config_lib.from_dict(config.to_dict())  # every field of its type (a .py config may not be)
   check_names(config)
   models.model_entry(config.model)
   choices = {"parallel": PARALLEL_MODES, "dtype": tuple(DTYPES),
+             "duplicates": data_lib.folders.DUPLICATE_POLICIES,
              "augment": ("none", "standard"), "select_by": ("auc", "loss"),
              "perturbation": ("per_device", "synchronized"), "nonfinite": ("error", "skip"),
              "sampler": SAMPLERS, "momentum_convention": ("heavy_ball", "libauc")}
   for field, allowed in choices.items():
     if getattr(config, field) not in allowed:
       raise ValueError(f"{field} must be one of {allowed}, got {getattr(config, field)!r}.")
+  ratios = config.split_ratios
+  if len(ratios) != 3 or not all(r >= 0 for r in ratios) or not abs(sum(ratios) - 1) < 1e-6:
+    raise ValueError(f"split_ratios are the train, val and test fractions (three, >= 0, "
+                     f"summing to 1), got {list(ratios)}.")
+  if config.num_classes is not None and config.num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {config.num_classes}.")
+  if config.max_pixels < 1:
+    raise ValueError(f"max_pixels must be >= 1, got {config.max_pixels}.")
   if config.checkpoint_every_steps is not None and config.checkpoint_every_steps < 1:
     raise ValueError(f"checkpoint_every_steps must be >= 1, got {config.checkpoint_every_steps}.")
   positive = {"epochs": config.epochs, "batch_size": config.batch_size,
@@ -81,6 +132,14 @@ def check_config(config: TrainConfig) -> None:
 def check_against_data(config: TrainConfig, dataset: ds.Dataset) -> None:
   """The checks that need the dataset: loss vs task, batch vs size, sampler vs labels."""
   objectives.check_loss(config.loss, dataset.task, dataset.name)
+  for split in ("train", "val", "test"):
+    if split not in dataset.splits or not len(dataset[split]):
+      raise ValueError(f"the {split} split of {dataset.name} is empty: training selects on val "
+                       "and reports test, so every split needs examples (for an image folder, "
+                       "see split_ratios).")
+  if config.channels is not None and dataset.image_shape[-1] != config.channels:
+    raise ValueError(f"channels {config.channels} asked for, but {dataset.name} has "
+                     f"{dataset.image_shape[-1]}-channel images.")
   train = dataset["train"]
   if config.batch_size > len(train):
     raise ValueError(f"batch size {config.batch_size} is larger than the {len(train)} "

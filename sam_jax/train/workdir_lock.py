@@ -37,6 +37,10 @@ class WorkdirBusyError(RuntimeError):
   """Another live process holds the work directory."""
 
 
+class WorkdirVanishedError(FileNotFoundError):
+  """The work directory was removed or replaced while the run held it."""
+
+
 class WorkdirLock:
   """Context manager: the exclusive lock of one work directory."""
 
@@ -77,6 +81,22 @@ class WorkdirLock:
     self._file = handle
     return self
 
+  def check(self) -> None:
+    """Raises :class:`WorkdirVanishedError` if the locked directory was removed or replaced
+    (a new directory at the same path, made by a save, is not the run's)."""
+    if self._file is None:
+      return
+    held = os.fstat(self._file.fileno())
+    try:
+      now = os.stat(self.workdir / LOCK_NAME)
+      same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except FileNotFoundError:
+      same = False
+    if not same:
+      raise WorkdirVanishedError(f"the work directory {self.workdir} disappeared during the run "
+                                 "(removed or replaced); its records are gone, start the run "
+                                 "again.")
+
   def release(self) -> None:
     if self._file is None:
       return
@@ -89,7 +109,8 @@ class WorkdirLock:
       self._file.close()
       self._file = None
     # A run that failed before writing anything leaves no trace.
-    if self._created and [p.name for p in self.workdir.iterdir()] == [LOCK_NAME]:
+    if (self._created and self.workdir.is_dir()
+        and [p.name for p in self.workdir.iterdir()] == [LOCK_NAME]):
       (self.workdir / LOCK_NAME).unlink()
       self.workdir.rmdir()
 

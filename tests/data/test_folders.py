@@ -270,3 +270,97 @@ def test_cache_returns_the_same_arrays(tmp_path):
   second = folders.load_folder(root, "busi", size=16, cache_dir=tmp_path / "cache")
   for name in ("train", "val", "test"):
     np.testing.assert_array_equal(first[name].images, second[name].images)
+
+
+# ---------------------------------------------------------------------------
+# Your own folders: the layouts and odd trees that load (the errors are in
+# tests/test_bad_inputs.py).
+
+
+def own_tree(classes="ab", per_class=10, rng_seed=0, prefix=""):
+  rng = np.random.default_rng(rng_seed)
+  return {f"{prefix}{c}/{i}.png": png_bytes(random_image(rng, (20, 20)))
+          for c in classes for i in range(per_class)}
+
+
+def test_train_val_test_folders_are_the_splits(tmp_path):
+  files = {**own_tree(prefix="train/"), **own_tree(per_class=3, rng_seed=1, prefix="val/"),
+           **own_tree(per_class=4, rng_seed=2, prefix="test/")}
+  dataset = folders.load_folder(write_zip(tmp_path / "own.zip", files), folders.FolderSpec("own"))
+  assert dataset.class_names == ("a", "b")
+  assert {k: len(v) for k, v in dataset.splits.items()} == {"train": 20, "val": 6, "test": 8}
+  assert all(p.startswith("test/") for p in dataset.meta["split"]["test"])
+
+
+def test_without_val_folder_val_is_carved_from_train(tmp_path):
+  files = {**own_tree(prefix="Training/"), **own_tree(per_class=4, rng_seed=2, prefix="Testing/")}
+  dataset = folders.load_folder(write_tree(tmp_path, files), folders.FolderSpec("own"), seed=3)
+  # ratios (0.7, 0.1, 0.2): val is 0.1 / 0.8 of each training class.
+  assert {k: len(v) for k, v in dataset.splits.items()} == {"train": 18, "val": 2, "test": 8}
+  assert set(dataset.meta["split"]["val"]) <= {p for p in files if p.startswith("Training/")}
+
+
+def test_a_class_missing_from_train_is_an_error(tmp_path):
+  files = {**own_tree(prefix="train/"), **own_tree("abc", per_class=2, prefix="test/")}
+  with pytest.raises(data.EmptyClassError, match=r"class\(es\) \['c'\] .* no folder under train/"):
+    folders.load_folder(write_tree(tmp_path, files), folders.FolderSpec("own"))
+
+
+def test_macos_resource_forks_and_hidden_files_are_not_images(tmp_path):
+  files = own_tree()
+  files["__MACOSX/a/._0.png"] = b"\x00\x05\x16\x07 AppleDouble"
+  files["__MACOSX/._a"] = b"junk"
+  files["a/.hidden.png"] = b"junk"
+  dataset = folders.load_folder(write_zip(tmp_path / "own.zip", files), folders.FolderSpec("own"))
+  assert dataset.class_names == ("a", "b") and sum(map(len, dataset.splits.values())) == 20
+
+
+def test_a_symlink_loop_is_not_followed(tmp_path):
+  root = write_tree(tmp_path / "own", own_tree())
+  (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+  dataset = folders.load_folder(root, folders.FolderSpec("own"))
+  assert sum(map(len, dataset.splits.values())) == 20
+
+
+def test_mixed_modes_and_sizes_become_one_shape(tmp_path):
+  from PIL import Image
+
+  files = own_tree()
+  rng = np.random.default_rng(5)
+  for i, mode in enumerate(("L", "RGBA", "P", "I;16")):
+    array = rng.integers(0, 255, (31 + i, 17), dtype=np.uint8)
+    image = Image.fromarray(array).convert(mode)
+    buffer = __import__("io").BytesIO()
+    image.save(buffer, format="PNG")
+    files[f"a/{i}.png"] = buffer.getvalue()
+  root = write_tree(tmp_path, files)
+  rgb = folders.load_folder(root, folders.FolderSpec("own"), size=16)
+  gray = folders.load_folder(root, folders.FolderSpec("own"), size=16, mode="L")
+  assert rgb.image_shape == (16, 16, 3) and gray.image_shape == (16, 16, 1)
+
+
+def test_identical_images_across_splits_under_each_policy(tmp_path):
+  files = own_tree()
+  files["a/9.png"] = files["a/0.png"]
+  root = write_tree(tmp_path / "own", files)
+  split = tmp_path / "split.json"
+  split.write_text(json.dumps({"splits": {
+      "train": [p for p in sorted(files) if p not in ("a/9.png", "b/9.png", "a/8.png", "b/8.png")],
+      "val": ["a/8.png", "b/8.png"], "test": ["a/9.png", "b/9.png"]}}))
+  kept = folders.load_folder(root, folders.FolderSpec("own"), duplicates="keep", split_file=split)
+  assert len(kept.meta["duplicates"]["cross_split"]) == 1  # reported, and warned about by train
+  # Without a split file, identical images always share a split.
+  free = folders.load_folder(root, folders.FolderSpec("own"), duplicates="keep")
+  assert free.meta["duplicates"]["cross_split"] == []
+  dropped = folders.load_folder(root, folders.FolderSpec("own"), duplicates="drop")
+  assert dropped.meta["duplicates"]["dropped"] == ["a/9.png"]
+  assert sum(map(len, dropped.splits.values())) == 19
+
+
+def test_zip_entries_that_climb_out_are_read_in_memory(tmp_path):
+  files = own_tree()
+  files["../../evil.png"] = files.pop("a/0.png")
+  before = sorted(p.name for p in tmp_path.parent.iterdir())
+  dataset = folders.load_folder(write_zip(tmp_path / "own.zip", files), folders.FolderSpec("own"))
+  assert sum(map(len, dataset.splits.values())) == 19
+  assert sorted(p.name for p in tmp_path.parent.iterdir()) == before

@@ -166,3 +166,16 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path):
   with pytest.raises(data.ChecksumError, match="nothing was kept"):
     medmnist.download("breastmnist", 28, root, url=source.as_uri())  # official MD5
   assert list(root.iterdir()) == []
+
+
+def test_a_stray_label_is_named_not_trained_on(tmp_path):
+  labels = np.r_[np.arange(19) % 2, 7][:, None].astype(np.uint8)
+  path = write_medmnist_npz(tmp_path / "custom.npz", train_labels=labels)
+  with pytest.raises(data.EmptyClassError, match=r"class\(es\) \[2, 3, 4, 5, 6\] have no training"):
+    medmnist.load(path)
+  # Declared, classes without examples are accepted (and labels beyond them are not).
+  assert medmnist.load(path, num_classes=8).num_classes == 8
+  with pytest.raises(data.CorruptDatasetError, match=r"train labels outside 0\.\.5"):
+    medmnist.load(path, num_classes=6)
+  with pytest.raises(ValueError, match="num_classes applies to single-label files"):
+    medmnist.load(write_medmnist_npz(tmp_path / "ml.npz", label_columns=3), num_classes=3)
