@@ -151,14 +151,17 @@ def wsam(
     g = _clip_by_global_norm(_base.cross_device_mean(updates, axis_name), max_norm)
     g_p = _clip_by_global_norm(_base.cross_device_mean(g_p, axis_name), max_norm)
     count = optax.safe_increment(state.count)
+    # α g_p + (1 − α) g written as g + α (g_p − g): the same sum, without the
+    # cancellation of two large terms when α > 1, and exactly g when ρ = 0.
+    sharpness_grad = jax.tree.map(
+        lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), g_p, g)
     if not decouple:
-      direction = _base.tree_combine((alpha, g_p), (1.0 - alpha, g), like=g)
+      direction = _base.tree_combine((1.0, g), (alpha, sharpness_grad), like=g)
       return direction, WSAMState(count=count, base_state=None)
     base_updates, base_state = base.update(g, state.base_state, params, **extra_args)
     lr_t = _base.value_at(learning_rate, state.count)
-    update = _base.tree_combine(
-        (1.0, base_updates), (-lr_t * alpha, g_p), (lr_t * alpha, g), like=base_updates
-    )
+    update = _base.tree_combine((1.0, base_updates), (-lr_t * alpha, sharpness_grad),
+                                like=base_updates)
     return update, WSAMState(count=count, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
