@@ -132,9 +132,10 @@ class _Source:
     else:
       try:
         self._zip = zipfile.ZipFile(path)
-      except (zipfile.BadZipFile, OSError) as error:
+      except Exception as error:  # BadZipFile, OSError, EOFError, struct.error, ...
         raise ds.CorruptDatasetError(
-            f"{path} is neither a folder nor a readable zip: {error}") from None
+            f"{path} is neither a folder nor a readable zip: {type(error).__name__}: "
+            f"{error}".splitlines()[0][:300]) from None
       files = (n for n in self._zip.namelist() if not n.endswith("/"))
       empty_dirs = [n.rstrip("/") for n in self._zip.namelist() if n.endswith("/")]
     self.files = sorted(f for f in files if not _hidden(f))
@@ -142,9 +143,13 @@ class _Source:
     self._extra_dirs = [d for d in empty_dirs if not _hidden(d)]
 
   def read(self, name: str) -> bytes:
-    if self._zip is not None:
+    if self._zip is None:
+      return (self.path / name).read_bytes()
+    try:
       return self._zip.read(name)
-    return (self.path / name).read_bytes()
+    except Exception as error:  # a damaged entry: bad CRC, zlib, truncation, ...
+      raise ds.CorruptDatasetError(f"{self.path}: entry {name} cannot be read: "
+                                   f"{type(error).__name__}: {error}".splitlines()[0][:300]) from None
 
   def directories(self) -> set[str]:
     dirs = {""}
@@ -310,6 +315,9 @@ def _decode(data: bytes, name: str, mode: str, size: Optional[int],
     raise ds.ImageReadError(f"image {name} is refused as a decompression bomb: {error}") from None
   except (UnidentifiedImageError, OSError, ValueError) as error:
     raise ds.ImageReadError(f"cannot decode image {name}: {error}") from error
+  except Exception as error:  # PIL's decoders raise SyntaxError, struct.error, ... on damage
+    raise ds.ImageReadError(f"cannot decode image {name}: {type(error).__name__}: "
+                            f"{error}".splitlines()[0][:300]) from error
   if array.ndim == 2:
     array = array[..., None]
   return array

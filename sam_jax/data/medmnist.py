@@ -272,11 +272,16 @@ def load(
         raise ds.CorruptDatasetError(
             f"{path} is not a MedMNIST file: missing keys {missing} (has {sorted(keys)})."
         )
+      for key in sorted(wanted):
+        _check_declared_size(archive, key, path)
       arrays = {k: archive[k] for k in wanted}
-  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-    if isinstance(error, ds.DatasetError):
-      raise
-    raise ds.CorruptDatasetError(f"{path} cannot be read as an .npz archive: {error}") from error
+  except ds.DatasetError:
+    raise
+  except MemoryError:
+    raise ds.CorruptDatasetError(f"{path}: an array does not fit in memory.") from None
+  except Exception as error:  # zipfile, zlib, struct, numpy: a damaged file raises any of them
+    raise ds.CorruptDatasetError(f"{path} cannot be read as an .npz archive: "
+                                 f"{type(error).__name__}: {error}".splitlines()[0][:300]) from None
 
   spatial_dims = entry.spatial_dims if entry else _guess_spatial_dims(arrays["train_images"])
   splits = {}
@@ -338,6 +343,25 @@ def load(
       meta={"source": str(path), "size": int(final["train"].images.shape[1]),
             "official": official is not None},
   )
+
+
+def _check_declared_size(archive, key: str, path: pathlib.Path) -> None:
+  """Refuses an array whose header declares more bytes than its member holds, before numpy
+  allocates it (a damaged shape could ask for terabytes)."""
+  member = f"{key}.npy"
+  if not hasattr(archive, "zip") or member not in archive.zip.namelist():
+    return
+  stored = archive.zip.getinfo(member).file_size
+  with archive.zip.open(member) as f:
+    version = np.lib.format.read_magic(f)
+    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = header(f)
+  needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+  if dtype.hasobject or needed > stored:
+    raise ds.CorruptDatasetError(
+        f"{path}: {key} declares shape {shape} of {dtype} ({needed} bytes) but holds "
+        f"{stored} bytes; the file is damaged.")
 
 
 def _check_classes_present(path: pathlib.Path, train_labels: np.ndarray, width: int) -> None:
