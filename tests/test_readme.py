@@ -42,3 +42,22 @@ def test_auc_example_runs(capsys):
   out = capsys.readouterr().out
   train_auc, alpha = map(float, re.findall(r"[-+]?\d+\.\d+", out))
   assert train_auc > 0.95 and alpha > 0.0  # AUC-M + PESG under SAM ranks the positives first
+
+
+def test_readme_train_commands_parse():
+  """Every ``sam-jax train`` line of the README's shell examples names real options."""
+  import shlex
+
+  from sam_jax import cli
+
+  text = (ROOT / "README.md").read_text()
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split("#")[0].strip()
+      if line.startswith("sam-jax train"):
+        argv = [a for a in shlex.split(line)[2:] if a != "..."]  # "..." elides options
+        commands.append(argv if "--workdir" in argv else [*argv, "--workdir", "w"])
+  assert len(commands) >= 5
+  for argv in commands:
+    cli._parse_train(argv)  # exits on an unknown option or a bad value
