@@ -10,6 +10,7 @@
     sam-jax compare runs/breast-*                              # any runs, with statistics
     sam-jax sharpness runs/breast-sam            # Hessian λ_max and ρ-sharpness -> sharpness.json
     sam-jax landscape runs/breast-sgd runs/breast-sam --out landscape.png
+    sam-jax list optimizers                     # also: models, datasets, losses
 
 Options are applied in order: the preset (``--preset medmnist`` or ``cpu``),
 then the config file (``--config``, ``.py`` with ``get_config()`` or
@@ -36,20 +37,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
+  from sam_jax import catalog
+
   parser.add_argument("--workdir", required=True, help="where records and checkpoints go")
-  parser.add_argument("--preset", choices=config_lib.PRESETS, help="start from a preset")
-  parser.add_argument("--config", help="a .py (get_config()) or .json config file")
+  parser.add_argument("--preset", choices=config_lib.PRESETS,
+                      help="start from a preset: medmnist (the MedMNIST v2 protocol) or cpu "
+                           "(the same at width 1/4, 20 epochs)")
+  parser.add_argument("--config", help="a .py (get_config(); executed code) or .json config file")
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+  described, allowed = config_lib.field_help(), catalog.choices()
+  defaults = config_lib.TrainConfig()
+  # Choices are shown, not enforced by argparse: the config checks name the
+  # field and list the known values in the same words for files and flags.
   for field in dataclasses.fields(config_lib.TrainConfig):
     flag = "--" + field.name.replace("_", "-")
     kind = config_lib.field_kind(field)
+    text = described.get(field.name, "")
+    if field.name in allowed:
+      text += f" {{{', '.join(allowed[field.name])}}}"
+    default = getattr(defaults, field.name)
+    text = f"{text} (default: {default})".strip().replace("%", "%%")
     if kind is bool:
       parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                          default=None)
+                          default=None, help=text)
     elif field.name in config_lib.TUPLE_FIELDS:
-      parser.add_argument(flag, dest=field.name, type=float, nargs="+", default=None)
+      parser.add_argument(flag, dest=field.name, type=float, nargs="+", default=None,
+                          metavar="X", help=text)
     else:
-      parser.add_argument(flag, dest=field.name, type=kind, default=None)
+      parser.add_argument(flag, dest=field.name, type=kind, default=None,
+                          metavar=kind.__name__.upper(), help=text)
 
 
 def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
@@ -198,6 +214,17 @@ def landscape_command(args: argparse.Namespace) -> int:
   return 0
 
 
+def list_command(args: argparse.Namespace) -> int:
+  from sam_jax import catalog
+
+  for kind in [args.kind] if args.kind else catalog.KINDS:
+    if not args.kind:
+      print(f"{kind}:")
+    for line in catalog.describe(kind):
+      print(f"  {line}" if not args.kind else line)
+  return 0
+
+
 def _parse_train(argv: Sequence[str]) -> argparse.Namespace:
   """The ``train`` options alone (for tests and scripts)."""
   parser = _Parser(prog="sam-jax train")
@@ -259,11 +286,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   land_parser.add_argument("--radius", type=float, default=1.0)
   land_parser.add_argument("--examples", type=int, default=512)
   land_parser.add_argument("--data-dir", dest="data_dir")
+  list_parser = commands.add_parser(
+      "list", help="the optimizers, models, datasets and losses, one line each")
+  list_parser.add_argument("kind", nargs="?", choices=("optimizers", "models", "datasets",
+                                                       "losses"),
+                           help="what to list (default: all)")
   args = parser.parse_args(argv)
   from sam_jax.train.step import NonFiniteError
   from sam_jax.train.workdir_lock import WorkdirBusyError
 
-  commands_by_name = {"train": train, "eval": evaluate, "grid": grid_command,
+  commands_by_name = {"train": train, "eval": evaluate, "grid": grid_command, "list": list_command,
                       "compare": compare_command, "sharpness": sharpness_command,
                       "landscape": landscape_command}
   try:

@@ -44,30 +44,30 @@ class TrainConfig:
   # Image folders (your own, or busi/covid/...): how they become splits.
   channels: Optional[int] = None        # 1 (grayscale) or 3 (RGB); default: the preset's, RGB for yours
   split_ratios: tuple[float, ...] = (0.7, 0.1, 0.2)  # train/val/test, stratified by class
-  split_seed: int = 0
+  split_seed: int = 0                   # the seed of that split
   split_file: Optional[str] = None      # JSON split: used if it exists, written if not
   duplicates: str = "drop"              # identical files: "drop", "keep" or "error"
   max_pixels: int = data_lib.folders.DEFAULT_MAX_PIXELS  # refuse images that decode larger (decompression bombs)
   augment: str = "none"                 # "none" or "standard"
   # Model.
-  model: str = "resnet18"
-  width: float = 1.0
-  patch_size: Optional[int] = None      # ViT
+  model: str = "resnet18"               # a registered model (sam-jax list models)
+  width: float = 1.0                    # channel multiplier of ResNet/VGG (0.25: a quarter of the channels)
+  patch_size: Optional[int] = None      # ViT patch side (default: the model's; 4-7 at 28 px)
   stem: Optional[str] = None            # ResNet: "cifar" or "imagenet"
   dtype: str = "float32"                # computation dtype: "float32" or "bfloat16"
   # Optimization.
   optimizer: str = "adam"               # sgd/adam/adamw, or a sharpness method (sam, asam, ...)
   base_optimizer: str = "adam"          # what a sharpness method wraps
-  learning_rate: float = 1e-3
-  momentum: float = 0.9
-  nesterov: bool = False
+  learning_rate: float = 1e-3           # peak learning rate
+  momentum: float = 0.9                 # SGD momentum (PESG's too)
+  nesterov: bool = False                # SGD with Nesterov momentum
   weight_decay: float = 0.0             # coupled L2 (adamw: decoupled)
   grad_clip: Optional[float] = None     # clip the direction by global norm
   schedule: str = "multistep"           # "constant", "multistep" or "cosine"
-  milestones: tuple[float, ...] = (0.5, 0.75)
-  decay_factor: float = 0.1
-  warmup_epochs: float = 0.0
-  label_smoothing: float = 0.0
+  milestones: tuple[float, ...] = (0.5, 0.75)# multistep: fractions of training at which the lr decays
+  decay_factor: float = 0.1             # multistep: the lr is multiplied by this at each milestone
+  warmup_epochs: float = 0.0            # linear warm-up from 0, in epochs
+  label_smoothing: float = 0.0          # cross-entropy label smoothing
   # Objective: the loss and its hyperparameters (LibAUC's names and defaults).
   loss: str = "ce"                      # ce, weighted_ce, focal, aucm, aucm_v1, ap, pauc_cvar, pauc_kl, tpauc_kl
   margin: float = 1.0                   # AUC losses' margin m (PESG's too)
@@ -89,7 +89,7 @@ class TrainConfig:
   reset_reference: bool = True          # reference point := average iterate at each milestone
   init_from: Optional[str] = None       # start from another run's best weights (two-stage recipe)
   # Sharpness hyperparameters (paper names); None keeps the method's default.
-  rho: Optional[float] = None
+  rho: Optional[float] = None           # radius of the perturbation (GSAM: rho_max)
   rho_min: Optional[float] = None       # GSAM: ρ follows the lr down to rho_min
   eta: Optional[float] = None           # ASAM
   alpha: Optional[float] = None         # GSAM
@@ -104,10 +104,10 @@ class TrainConfig:
   sampling_rate: float = 0.5            # dual: share of positives in each batch
   sampler_task: int = 0                 # dual on multi-label data: the label that defines positives
   # Loop.
-  epochs: int = 100
-  batch_size: int = 128
-  eval_batch_size: int = 256
-  seed: int = 0
+  epochs: int = 100                     # training epochs
+  batch_size: int = 128                 # training batch (global: split across devices)
+  eval_batch_size: int = 256            # evaluation batch (lower it if evaluation runs out of memory)
+  seed: int = 0                         # initialization, data order and augmentation
   select_by: str = "auc"                # model selection on val "auc" or "loss"
   early_stopping: Optional[int] = None  # patience in epochs
   max_steps: Optional[int] = None       # stop early (smoke runs)
@@ -119,8 +119,8 @@ class TrainConfig:
   nonfinite: str = "error"              # or "skip"
   checkpoint_every: int = 1             # epochs
   checkpoint_every_steps: Optional[int] = None  # also save inside epochs
-  keep_checkpoints: int = 2
-  progress: bool = True
+  keep_checkpoints: int = 2             # last/ checkpoints kept
+  progress: bool = True                 # progress bars (--no-progress for logs)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -130,6 +130,20 @@ class TrainConfig:
     if unknown:
       raise ValueError(f"unknown config fields {sorted(unknown)}.")
     return dataclasses.replace(self, **changes)
+
+
+def field_help() -> dict[str, str]:
+  """Each field's comment in :class:`TrainConfig`'s source: the one place it is described
+  (the ``--help`` of ``sam-jax train`` shows it). Empty when the source is not available."""
+  import inspect
+  import re
+
+  try:
+    source = inspect.getsource(TrainConfig)
+  except (OSError, TypeError):
+    return {}
+  found = re.findall(r"^\s+(\w+): [^#\n]*?#\s*(.+)$", source, flags=re.M)
+  return {name: text.strip() for name, text in found}
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
