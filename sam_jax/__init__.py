@@ -22,6 +22,14 @@ from sam_jax.optimizers import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+  # load_run needs models, orbax and the loop: imported on first use only.
+  if name == "load_run":
+    from sam_jax.train.inference import load_run
+    return load_run
+  raise AttributeError(f"module 'sam_jax' has no attribute {name!r}")
+
 __all__ = [
     "asam",
     "auc",
@@ -31,6 +39,7 @@ __all__ = [
     "grad_fn_from_loss",
     "gsam",
     "is_sharpness_aware",
+    "load_run",
     "sam",
     "stable_sam",
     "update_with_aux",

@@ -11,6 +11,7 @@
     sam-jax sharpness runs/breast-sam            # Hessian λ_max and ρ-sharpness -> sharpness.json
     sam-jax landscape runs/breast-sgd runs/breast-sam --out landscape.png
     sam-jax list optimizers                     # also: models, datasets, losses
+    sam-jax predict runs/breast-sam scan1.png scan2.png --out predictions.csv
 
 Options are applied in order: the preset (``--preset medmnist`` or ``cpu``),
 then the config file (``--config``, ``.py`` with ``get_config()`` or
@@ -26,6 +27,8 @@ import json
 import pathlib
 import sys
 from typing import Optional, Sequence
+
+import numpy as np
 
 from sam_jax.train import config as config_lib
 
@@ -214,6 +217,38 @@ def landscape_command(args: argparse.Namespace) -> int:
   return 0
 
 
+def predict_command(args: argparse.Namespace) -> int:
+  import csv
+  import io
+
+  from sam_jax.data import medmnist
+  from sam_jax.train import inference
+
+  run = inference.load_run(args.run, which=args.which)
+  if len(args.inputs) == 1 and args.inputs[0].lower().endswith(".npz"):
+    split = medmnist.load(args.inputs[0])[args.split]
+    images, names = split.images, [f"{args.inputs[0]}:{args.split}:{i}" for i in range(len(split))]
+  else:
+    images = inference.read_images(args.inputs, run.image_shape, run.config.max_pixels)
+    names = list(args.inputs)
+  scores = run.predict(images, batch_size=args.batch_size)
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(["input", "predicted", *(f"p_{c}" for c in run.class_names)])
+  for name, row in zip(names, scores):
+    if run.task == "multilabel":
+      predicted = ";".join(c for c, p in zip(run.class_names, row) if p > 0.5)
+    else:
+      predicted = run.class_names[int(np.argmax(row))]
+    writer.writerow([name, predicted, *(f"{p:.6f}" for p in row)])
+  if args.out:
+    pathlib.Path(args.out).write_text(buffer.getvalue())
+    print(f"wrote {len(names)} predictions to {args.out}", file=sys.stderr)
+  else:
+    sys.stdout.write(buffer.getvalue())
+  return 0
+
+
 def list_command(args: argparse.Namespace) -> int:
   from sam_jax import catalog
 
@@ -286,6 +321,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   land_parser.add_argument("--radius", type=float, default=1.0)
   land_parser.add_argument("--examples", type=int, default=512)
   land_parser.add_argument("--data-dir", dest="data_dir")
+  predict_parser = commands.add_parser(
+      "predict", help="class probabilities of a trained run for image files or an .npz split")
+  predict_parser.add_argument("run", help="a run's work directory")
+  predict_parser.add_argument("inputs", nargs="+", help="image files, or one MedMNIST-layout .npz")
+  predict_parser.add_argument("--which", choices=("best", "last"), default="best")
+  predict_parser.add_argument("--split", default="test", help="the .npz split to predict")
+  predict_parser.add_argument("--out", help="the CSV to write (default: standard output)")
+  predict_parser.add_argument("--batch-size", type=int, default=256)
   list_parser = commands.add_parser(
       "list", help="the optimizers, models, datasets and losses, one line each")
   list_parser.add_argument("kind", nargs="?", choices=("optimizers", "models", "datasets",
@@ -296,6 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from sam_jax.train.workdir_lock import WorkdirBusyError
 
   commands_by_name = {"train": train, "eval": evaluate, "grid": grid_command, "list": list_command,
+                      "predict": predict_command,
                       "compare": compare_command, "sharpness": sharpness_command,
                       "landscape": landscape_command}
   try:

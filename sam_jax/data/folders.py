@@ -292,7 +292,7 @@ def stratified_split(
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
-def _decode(data: bytes, name: str, mode: str, size: Optional[int],
+def decode_image(data: bytes, name: str, mode: str, size: Optional[int],
             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError  # pillow is only needed here
 
@@ -325,7 +325,7 @@ def _decode(data: bytes, name: str, mode: str, size: Optional[int],
 
 def _decode_all(source, names, mode, size, max_pixels=DEFAULT_MAX_PIXELS):
   def work(name):
-    return _decode(source.read(name), name, mode, size, max_pixels)
+    return decode_image(source.read(name), name, mode, size, max_pixels)
 
   workers = min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
