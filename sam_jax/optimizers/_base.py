@@ -394,10 +394,27 @@ def resolve_mask(
     mask: MaskOrFn,
     params: Params,
     default: Callable[[tuple[Any, ...], jax.Array], bool],
+    who: str = "",
+    selects: str = "",
 ) -> Any:
-  """A pytree of Python bools with the structure of ``params``."""
+  """A pytree of Python bools with the structure of ``params``.
+
+  The default mask picks leaves by their Flax names; when it picks none (a
+  tree named otherwise, e.g. ``{"w1": ..., "w2": ...}``) the method would
+  silently be plain SAM, so that is an error naming the leaves. An explicit
+  ``mask`` is taken as given, even when it selects nothing.
+  """
   if mask is None:
-    return jax.tree_util.tree_map_with_path(default, params)
+    resolved = jax.tree_util.tree_map_with_path(default, params)
+    if who and not any(jax.tree.leaves(resolved)):
+      names = [jax.tree_util.keystr(path) for path, _ in
+               jax.tree_util.tree_flatten_with_path(params)[0]]
+      shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+      raise ValueError(
+          f"{who}: its default mask selects {selects} by their Flax names, and none of the "
+          f"leaves {shown} is one, so {who} would be plain SAM. Pass mask= (a pytree of bools "
+          "like params, or a function of params returning one) to say which leaves to use.")
+    return resolved
   if callable(mask):
     mask = mask(params)
   return jax.tree.map(bool, mask)

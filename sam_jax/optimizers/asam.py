@@ -107,7 +107,8 @@ def asam(
     grad_fn = _base.require_grad_fn(grad_fn, params, "asam")
     rho_t = _base.value_at(rho, state.count)
     eta_t = _base.value_at(eta, state.count)
-    is_weight = _base.resolve_mask(mask, params, default_weight_mask)
+    is_weight = _base.resolve_mask(
+        mask, params, default_weight_mask, "asam", "the weights (kernel, scale, embedding)")
     # T_w as a tree; 1 on the leaves that are not weights.
     t_w = jax.tree.map(
         lambda w, m: (jnp.abs(w.astype(jnp.float32)) + eta_t)

@@ -118,7 +118,8 @@ def gcsam(
     del extra_args
     grad_fn = _base.require_grad_fn(grad_fn, params, "gcsam")
     rho_t = _base.value_at(rho, state.count)
-    is_kernel = _base.resolve_mask(mask, params, default_kernel_mask)
+    is_kernel = _base.resolve_mask(
+        mask, params, default_kernel_mask, "gcsam", "the kernels (named kernel, ndim > 1)")
 
     def gc(tree):
       return jax.tree.map(lambda x, m: centralize(x) if m else x, tree, is_kernel)

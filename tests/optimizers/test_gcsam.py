@@ -64,8 +64,25 @@ def test_model_of_one_dimensional_parameters_is_sam():
   loss = lambda p: jnp.mean((jnp.tanh(x @ p["scale"]) + p["bias"] - y) ** 2)
   grad_fn = sam_jax.grad_fn_from_loss(loss)
   g = grad_fn(params)[0]
+  # The default mask finds no kernel here: an error rather than a silent SAM.
+  tx = sam_jax.gcsam(0.05)
+  with pytest.raises(ValueError, match=r"gcsam: its default mask .* \['bias'\], \['scale'\] .*mask="):
+    tx.update(g, tx.init(params), params, grad_fn=grad_fn)
+  # Said explicitly, no leaf to centralize is SAM exactly.
   outs = []
-  for tx in (sam_jax.gcsam(0.05), sam_jax.sam(0.05)):
+  no_kernels = lambda p: jax.tree.map(lambda _: False, p)
+  for tx in (sam_jax.gcsam(0.05, mask=no_kernels), sam_jax.sam(0.05)):
     outs.append(tx.update(g, tx.init(params), params, grad_fn=grad_fn)[0])
   for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_asam_default_mask_that_selects_nothing_is_an_error():
+  import jax.numpy as jnp
+  params = {"w1": jnp.ones((3, 2)), "w2": jnp.ones(2)}
+  grad_fn = sam_jax.grad_fn_from_loss(lambda p: jnp.sum(p["w1"] ** 2) + jnp.sum(p["w2"]))
+  tx = sam_jax.asam()
+  with pytest.raises(ValueError, match=r"asam: .*\['w1'\], \['w2'\].*would be plain SAM"):
+    tx.update(grad_fn(params)[0], tx.init(params), params, grad_fn=grad_fn)
+  tx = sam_jax.asam(mask={"w1": True, "w2": False})
+  assert tx.update(grad_fn(params)[0], tx.init(params), params, grad_fn=grad_fn)[0]
