@@ -16,6 +16,7 @@ is in :mod:`sam_jax.optimizers._base`.
 
 from sam_jax.optimizers._base import (
     GradFn,
+    check_composition,
     global_norm,
     grad_fn_from_loss,
     is_sharpness_aware,
@@ -52,6 +53,7 @@ __all__ = [
     "sam",
     "sharpness_state",
     "stable_sam",
+    "check_composition",
     "update_with_aux",
     "wsam",
 ]

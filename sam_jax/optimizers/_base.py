@@ -43,7 +43,9 @@ returns, so the two evaluation points would see different objectives.
 
 Numerics
 ========
-Norms and inner products are accumulated in float32 whatever the leaf dtype,
+Norms and inner products are accumulated in float32, or in the leaf dtype
+when it is wider (float64 under ``jax_enable_x64``): never narrower than
+float32 for bfloat16 leaves, never rounded to float32 for float64 ones,
 and every division by a norm adds ``eps``: a zero gradient gives a zero
 perturbation and a finite direction. A non-finite clean gradient is not
 hidden: its global norm is non-finite, so the perturbation, and hence the
@@ -73,25 +75,33 @@ PERTURBED_MINUS = "perturbed_minus"
 
 
 # ----------------------------------------------------------------------------
-# Tree arithmetic in float32.
+# Tree arithmetic in float32, or wider.
+
+
+def wide_dtype(*dtypes: Any) -> Any:
+  """The wider of float32 and ``dtypes`` (float64 leaves stay float64)."""
+  return jnp.result_type(jnp.float32, *dtypes)
+
+
+def wide(x: jax.Array) -> jax.Array:
+  """``x`` in :func:`wide_dtype` of its own dtype."""
+  return x.astype(wide_dtype(x.dtype))
 
 
 def global_norm(tree: Any) -> jax.Array:
-  """L2 norm of all leaves together, accumulated in float32."""
+  """L2 norm of all leaves together, accumulated in float32 (or the widest leaf dtype)."""
   leaves = jax.tree.leaves(tree)
+  dtype = wide_dtype(*(x.dtype for x in leaves))
   if not leaves:
-    return jnp.zeros([], jnp.float32)
-  return jnp.sqrt(
-      sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
-  )
+    return jnp.zeros([], dtype)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype))) for x in leaves))
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
   """Inner product ``<a, b>`` over all leaves, accumulated in float32."""
-  products = jax.tree.map(
-      lambda x, y: jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32)), a, b
-  )
-  return sum(jax.tree.leaves(products), jnp.zeros([], jnp.float32))
+  dtype = wide_dtype(*(x.dtype for x in jax.tree.leaves(a) + jax.tree.leaves(b)))
+  products = jax.tree.map(lambda x, y: jnp.sum(x.astype(dtype) * y.astype(dtype)), a, b)
+  return sum(jax.tree.leaves(products), jnp.zeros([], dtype))
 
 
 def tree_combine(*terms: tuple[Any, Any], like: Any) -> Any:
@@ -104,9 +114,10 @@ def tree_combine(*terms: tuple[Any, Any], like: Any) -> Any:
   trees = [t for _, t in terms]
 
   def combine(ref, *leaves):
-    total = jnp.zeros(ref.shape, jnp.float32)
+    dtype = wide_dtype(ref.dtype, *(leaf.dtype for leaf in leaves))
+    total = jnp.zeros(ref.shape, dtype)
     for coef, leaf in zip(coefs, leaves):
-      total = total + jnp.asarray(coef, jnp.float32) * leaf.astype(jnp.float32)
+      total = total + jnp.asarray(coef).astype(dtype) * leaf.astype(dtype)
     return total.astype(ref.dtype)
 
   return jax.tree.map(combine, like, *trees)
@@ -114,13 +125,11 @@ def tree_combine(*terms: tuple[Any, Any], like: Any) -> Any:
 
 def perturb(params: Params, perturbation: Any, sign: float = 1.0) -> Params:
   """``w + sign·ε``, each leaf kept in its parameter dtype."""
-  return jax.tree.map(
-      lambda w, e: (w.astype(jnp.float32) + sign * e.astype(jnp.float32)).astype(
-          w.dtype
-      ),
-      params,
-      perturbation,
-  )
+  def add(w, e):
+    dtype = wide_dtype(w.dtype, e.dtype)
+    return (w.astype(dtype) + sign * e.astype(dtype)).astype(w.dtype)
+
+  return jax.tree.map(add, params, perturbation)
 
 
 def sam_perturbation(
@@ -137,12 +146,12 @@ def sam_perturbation(
   of davda54/sam, dlrover WSAM and juntang-zhuang/GSAM (η = 0, every tensor).
   This is *not* the official ASAM; see :func:`sam_jax.asam`.
   """
-  rho = jnp.asarray(rho, jnp.float32)
+  rho = jnp.asarray(rho)
   if not adaptive:
     scale = rho / (global_norm(grads) + eps)
-    return jax.tree.map(lambda g: g.astype(jnp.float32) * scale, grads)
-  w_abs = jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)), params)
-  scaled = jax.tree.map(lambda g, a: g.astype(jnp.float32) * a, grads, w_abs)
+    return jax.tree.map(lambda g: wide(g) * scale, grads)
+  w_abs = jax.tree.map(lambda w: jnp.abs(wide(w)), params)
+  scaled = jax.tree.map(lambda g, a: wide(g) * a, grads, w_abs)
   scale = rho / (global_norm(scaled) + eps)
   return jax.tree.map(lambda s, a: s * a * scale, scaled, w_abs)
 
@@ -162,7 +171,9 @@ def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
   """A hyperparameter's value at step ``count`` (a float or a schedule)."""
   if callable(value):
     value = value(count)
-  return jnp.asarray(value, jnp.float32)
+  # The default float: float32, or float64 under jax_enable_x64 (a Python 0.05
+  # rounded to float32 would be off by 1.5e-8 in a float64 computation).
+  return jnp.asarray(value, jnp.result_type(float))
 
 
 def _concrete(value: Any) -> Optional[np.ndarray]:
@@ -321,6 +332,7 @@ def update_with_aux(
   seen twice (two sharpness transformations in one chain) gets a suffix
   ``_1``, ``_2``, ...
   """
+  check_composition(state)
   collected: dict[str, Aux] = {}
 
   def sink(name: str, aux: Aux) -> None:
@@ -369,6 +381,39 @@ def is_sharpness_aware(opt_state: optax.OptState) -> bool:
 
   jax.tree.leaves(opt_state, is_leaf=visit)
   return bool(found)
+
+
+def check_composition(opt_state: optax.OptState) -> None:
+  """Refuses a sharpness transformation inside ``optax.MultiSteps`` or
+  ``optax.apply_if_finite``, where it would be silently wrong.
+
+  ``MultiSteps`` calls its inner update at every micro-step with the running
+  mean of the gradients, so a sharpness method inside it perturbs with that
+  mean, evaluates ``grad_fn`` on the current micro-batch only, and emits the
+  last micro-batch's adversarial gradient. ``apply_if_finite`` checks the
+  clean gradient only, so a non-finite gradient at the perturbed point goes
+  through. Both work around the *rest* of the chain: the sharpness
+  transformation first, then ``MultiSteps(base, k)`` (each micro-batch is
+  perturbed with its own gradient, as m-sharpness is) or
+  ``apply_if_finite(base, n)`` (which then checks the adversarial direction).
+  Called by :func:`update_with_aux` (and so by the train step); a check of
+  the state's structure, free at run time.
+  """
+  wrappers = (optax.MultiStepsState, optax.ApplyIfFiniteState)
+
+  def visit(x):
+    if isinstance(x, wrappers) and is_sharpness_aware(
+        x.inner_opt_state if isinstance(x, optax.MultiStepsState) else x.inner_state):
+      name = "MultiSteps" if isinstance(x, optax.MultiStepsState) else "apply_if_finite"
+      inner = "MultiSteps(base_optimizer, k)" if name == "MultiSteps" else \
+          "apply_if_finite(base_optimizer, n)"
+      raise ValueError(
+          f"a sharpness transformation inside optax.{name} is silently wrong ({name} "
+          f"{'feeds it accumulated gradients and keeps one micro-batch' if name == 'MultiSteps' else 'checks only the clean gradient'}); "
+          f"put it first and wrap the rest: optax.chain(sam_jax.sam(rho), optax.{inner}).")
+    return isinstance(x, wrappers)
+
+  jax.tree.leaves(opt_state, is_leaf=visit)
 
 
 def zero_count() -> jax.Array:

@@ -76,6 +76,17 @@ def asam(
       callable mask must be listed in ``static_args``.
     eps: added to the norm (the official code adds 1e-16).
 
+  Example: weights (``kernel``) are rescaled, biases are not::
+
+      >>> import jax.numpy as jnp, sam_jax
+      >>> params = {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.zeros(2)}
+      >>> loss = lambda p: jnp.sum((p["kernel"] @ jnp.ones((2, 1))) ** 2) + jnp.sum(p["bias"] ** 2)
+      >>> grad_fn = sam_jax.grad_fn_from_loss(loss)
+      >>> tx = sam_jax.asam(rho=0.5, eta=0.01)
+      >>> direction, _ = tx.update(grad_fn(params)[0], tx.init(params), params, grad_fn=grad_fn)
+      >>> print(direction["kernel"].round(3), direction["bias"])
+      [[-4.249 -4.249]] [0. 0.]
+
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs
     ``params`` and ``grad_fn``.
@@ -111,13 +122,13 @@ def asam(
         mask, params, default_weight_mask, "asam", "the weights (kernel, scale, embedding)")
     # T_w as a tree; 1 on the leaves that are not weights.
     t_w = jax.tree.map(
-        lambda w, m: (jnp.abs(w.astype(jnp.float32)) + eta_t)
+        lambda w, m: (jnp.abs(_base.wide(w)) + eta_t)
         if m
-        else jnp.ones(w.shape, jnp.float32),
+        else jnp.ones(w.shape, _base.wide_dtype(w.dtype)),
         params,
         is_weight,
     )
-    t_g = jax.tree.map(lambda t, g: t * g.astype(jnp.float32), t_w, updates)
+    t_g = jax.tree.map(lambda t, g: t * _base.wide(g), t_w, updates)
     scale = rho_t / (_base.global_norm(t_g) + eps)
     perturbation = jax.tree.map(lambda t, tg: t * tg * scale, t_w, t_g)
     adversarial = _base.evaluate(

@@ -31,8 +31,8 @@ def centralize(x: jax.Array) -> jax.Array:
   axes but the last, i.e. over everything that feeds one output unit.
   """
   axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x.astype(jnp.float32), axis=axes, keepdims=True)
-  return (x.astype(jnp.float32) - mean).astype(x.dtype)
+  mean = jnp.mean(_base.wide(x), axis=axes, keepdims=True)
+  return (_base.wide(x) - mean).astype(x.dtype)
 
 
 @_base.sharpness_state
@@ -127,7 +127,7 @@ def gcsam(
     g_gc = gc(updates)
     norm = _base.global_norm(updates if norm_before_centralization else g_gc)
     scale = rho_t / (norm + eps)
-    perturbation = jax.tree.map(lambda x: x.astype(jnp.float32) * scale, g_gc)
+    perturbation = jax.tree.map(lambda x: _base.wide(x) * scale, g_gc)
     g_p = _base.evaluate(
         grad_fn,
         _base.perturb(params, perturbation),

@@ -54,6 +54,7 @@ def gsam(
     lr_min: Optional[float] = None,
     minimize_fp: bool = True,
     adaptive: bool = False,
+    adaptive_perturbation: bool = False,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate Gap Guided Sharpness-Aware Minimization.
@@ -64,7 +65,8 @@ def gsam(
       ρ_t = ρ_min + (ρ_max − ρ_min)·(lr_t − lr_min)/(lr_max − lr_min)
                                           (clamped to [ρ_min, ρ_max])
       g   = ∇L(w)
-      ε   = ρ_t · g / (‖g‖ + eps)         (adaptive: ε ← ε ⊙ |w|)
+      ε   = ρ_t · g / (‖g‖ + eps)         (adaptive_perturbation: ε ← ε ⊙ |w|;
+                                           adaptive: ε = ρ_t·w²⊙g/‖|w|⊙g‖, as in sam)
       g_p = ∇L(w + ε)
 
       minimize_fp=True (the paper's GSAM, min(f_p, h)):
@@ -101,8 +103,12 @@ def gsam(
     lr_max: learning rate at which ``ρ = ρ_max`` (peak after warm-up).
     lr_min: learning rate at which ``ρ = ρ_min`` (end of decay).
     minimize_fp: the paper's form (True) or big_vision's min(f, h) (False).
-    adaptive: big_vision's ``adaptive_perturbation``: ``ε`` scaled by ``|w|``
-      element-wise; it tolerates a ``ρ`` about ten times larger.
+    adaptive: the element-wise perturbation of :func:`sam_jax.sam`,
+      ``ε = ρ·w²⊙g / ‖|w|⊙g‖`` (davda54's form, the official GSAM code's
+      ``adaptive``): the flag means the same in every method here.
+    adaptive_perturbation: big_vision's form instead, ``ε`` of the plain
+      ball scaled by ``|w|`` element-wise (its ``adaptive_perturbation``;
+      it tolerates a ``ρ`` about ten times larger). Not with ``adaptive``.
     eps: added to every norm (big_vision's projection onto ``g_p`` has none).
 
   Returns:
@@ -116,6 +122,9 @@ def gsam(
   """
   _base.check_hyperparameter("rho_max", rho_max, minimum=0.0)
   _base.check_hyperparameter("rho_min", rho_min, minimum=0.0)
+  if adaptive and adaptive_perturbation:
+    raise ValueError("gsam: adaptive (sam's w²⊙g form) and adaptive_perturbation "
+                     "(big_vision's |w|⊙ε form) are two perturbations; choose one.")
   _base.check_hyperparameter("alpha", alpha, minimum=0.0)
   _base.check_hyperparameter("learning_rate", learning_rate, minimum=0.0)
   _base.check_hyperparameter("lr_max", lr_max, minimum=0.0)
@@ -150,8 +159,8 @@ def gsam(
         _base.value_at(learning_rate, count),
         top,
         bottom,
-        jnp.asarray(lr_max, jnp.float32),
-        jnp.asarray(lr_min, jnp.float32),
+        jnp.asarray(lr_max, jnp.result_type(float)),
+        jnp.asarray(lr_min, jnp.result_type(float)),
     )
 
   def init_fn(params: Any) -> GSAMState:
@@ -173,11 +182,10 @@ def gsam(
     rho_t = current_rho(state.count)
     alpha_t = _base.value_at(alpha, state.count)
     g = updates
-    scale = rho_t / (_base.global_norm(g) + eps)
-    perturbation = jax.tree.map(lambda x: x.astype(jnp.float32) * scale, g)
-    if adaptive:
+    perturbation = _base.sam_perturbation(g, params, rho_t, eps, adaptive)
+    if adaptive_perturbation:
       perturbation = jax.tree.map(
-          lambda e, w: e * jnp.abs(w.astype(jnp.float32)), perturbation, params
+          lambda e, w: e * jnp.abs(_base.wide(w)), perturbation, params
       )
     g_p = _base.evaluate(
         grad_fn,

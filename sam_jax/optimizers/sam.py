@@ -26,6 +26,7 @@ def sam(
     rho: _base.ScalarOrSchedule = 0.05,
     *,
     adaptive: bool = False,
+    normalize: bool = True,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization.
@@ -46,6 +47,11 @@ def sam(
   tensor alike, so it is *not* the official ASAM, which is :func:`asam`.
   Adaptive SAM needs a ``ρ`` about 10x larger.
 
+  With ``normalize=False`` the ascent step is not normalized: ``ε = ρ·g``
+  (adaptive: ``ρ·w²⊙g``), the unnormalized SAM (USAM) of Andriushchenko &
+  Flammarion (ICML 2022), which Stable SAM's authors also stabilize. Its
+  ``ρ`` is a step size, not a radius.
+
   Under data parallelism (``axis_name`` passed to update) each device builds
   ``ε`` from its own gradient, so ``m`` of the paper's m-sharpness is the
   per-device batch, and ``direction`` is averaged across devices; see
@@ -56,6 +62,8 @@ def sam(
       step. The paper searches {0.01, 0.02, 0.05, 0.1, 0.2, 0.5}; 0.05 is the
       official CIFAR setting.
     adaptive: use the element-wise (davda54-style) perturbation.
+    normalize: divide the ascent step by the gradient norm (SAM); ``False``
+      is USAM.
     eps: added to the gradient norm; the official code uses none, which turns
       a zero gradient into NaN.
 
@@ -72,6 +80,8 @@ def sam(
       >>> grad_fn = lambda p: (jax.grad(loss)(p), None)
       >>> updates, state = tx.update(jax.grad(loss)(w), state, w, grad_fn=grad_fn)
       >>> w = optax.apply_updates(w, updates)
+      >>> print(w.round(4))  # the gradient at w + eps is steeper: more than SGD's 0.2
+      [0.2058 0.2058 0.2058]
 
   References:
     Foret, Kleiner, Mobahi, Neyshabur. Sharpness-Aware Minimization for
@@ -97,7 +107,13 @@ def sam(
     del extra_args
     grad_fn = _base.require_grad_fn(grad_fn, params, "sam")
     rho_t = _base.value_at(rho, state.count)
-    perturbation = _base.sam_perturbation(updates, params, rho_t, eps, adaptive)
+    if normalize:
+      perturbation = _base.sam_perturbation(updates, params, rho_t, eps, adaptive)
+    elif adaptive:
+      perturbation = jax.tree.map(lambda g, w: rho_t * _base.wide(w) ** 2 * _base.wide(g),
+                                  updates, params)
+    else:
+      perturbation = jax.tree.map(lambda g: rho_t * _base.wide(g), updates)
     adversarial = _base.evaluate(
         grad_fn,
         _base.perturb(params, perturbation),

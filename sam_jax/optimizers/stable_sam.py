@@ -27,6 +27,7 @@ def stable_sam(
     rho: Optional[_base.ScalarOrSchedule] = None,
     *,
     base: Optional[optax.GradientTransformationExtraArgs] = None,
+    normalize: bool = True,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stable SAM: renormalize every adversarial gradient to the clean norm.
@@ -50,6 +51,8 @@ def stable_sam(
     rho: radius of the SAM it wraps when ``base`` is not given (default
       0.05). Give either ``rho`` or ``base``.
     base: the sharpness transformation to stabilize, e.g. ``gsam(...)``.
+    normalize: with ``rho``: stabilize SAM (True) or the authors' other base,
+      unnormalized SAM, ``ε = ρ·g`` (False; ``sam(rho, normalize=False)``).
     eps: added to ``‖g_p‖``.
 
   Returns:
@@ -61,13 +64,16 @@ def stable_sam(
     Minimization Through A Simple Renormalization Strategy. JMLR 2025.
   """
   _base.check_hyperparameter("eps", eps, minimum=0.0, min_inclusive=False)
+  if base is not None and not normalize:
+    raise ValueError("stable_sam: normalize=False chooses USAM as the base; with base= "
+                     "pass sam(rho, normalize=False) as that base instead.")
   if base is not None and rho is not None:
     raise ValueError(
         "stable_sam: give rho (to stabilize plain SAM) or base (to stabilize "
         "another transformation, configured with its own rho), not both."
     )
   if base is None:
-    base = sam(0.05 if rho is None else rho, eps=eps)
+    base = sam(0.05 if rho is None else rho, normalize=normalize, eps=eps)
   inner = optax.with_extra_args_support(base)
 
   def init_fn(params: Any) -> StableSAMState:
@@ -88,7 +94,7 @@ def stable_sam(
       grads, aux = grad_fn(p)
       factor = clean_norm / (_base.global_norm(grads) + eps)
       rescaled = jax.tree.map(
-          lambda x: (x.astype(jnp.float32) * factor).astype(x.dtype), grads
+          lambda x: (_base.wide(x) * factor).astype(x.dtype), grads
       )
       return rescaled, aux
 

@@ -30,7 +30,7 @@ def _clip_by_global_norm(tree: Any, max_norm: Optional[float]) -> Any:
     return tree
   norm = _base.global_norm(tree)
   factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, max_norm))
-  return jax.tree.map(lambda x: (x.astype(jnp.float32) * factor).astype(x.dtype), tree)
+  return jax.tree.map(lambda x: (_base.wide(x) * factor).astype(x.dtype), tree)
 
 
 def wsam(
@@ -56,7 +56,7 @@ def wsam(
   coupled (``decouple=False``), a direction for the base optimizer that
   follows in the chain::
 
-      direction = α·g_p + (1 − α)·g
+      direction = α·g_p + (1 − α)·g  =  g + α·(g_p − g)   (computed in the second form)
 
   decoupled (``decouple=True``, the paper's recommendation and the official
   default): the base optimizer sees only ``g`` and the sharpness term bypasses
@@ -71,16 +71,16 @@ def wsam(
   is evaluated at this transformation's step count, which advances with the
   base optimizer's). Two passes per step.
 
-  ``max_norm`` reproduces the official class's clipping of ``g`` and of
-  ``g_p``, each by global norm after the cross-device mean (the official
-  class defaults to 1.0; it is gradient clipping, not part of the method, so
-  it is off here).
+  ``max_norm`` reproduces the official class's optional clipping of ``g`` and
+  of ``g_p``, each by global norm after the cross-device mean; it is off by
+  default, as in the official README's usage (``max_norm=None``): it is
+  gradient clipping, not part of the method.
 
   Args:
     rho: radius; a float or schedule. Official default 0.05; the CIFAR-10
       demo uses 0.2.
-    gamma: weight ``γ ∈ [0, 1)``; official README 0.9 (docstring 0.88); the
-      useful range is about 0.8-0.95.
+    gamma: weight ``γ ∈ [0, 1)``; official default 0.9 (class docstring and
+      README; an early commit said 0.88); the useful range is about 0.8-0.95.
     decouple: decoupled (True) or coupled (False) mode.
     base_optimizer: the optimizer WSAM wraps in decoupled mode, e.g.
       ``optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(lr, 0.9))``.
@@ -154,7 +154,7 @@ def wsam(
     # α g_p + (1 − α) g written as g + α (g_p − g): the same sum, without the
     # cancellation of two large terms when α > 1, and exactly g when ρ = 0.
     sharpness_grad = jax.tree.map(
-        lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), g_p, g)
+        lambda a, b: _base.wide(a) - _base.wide(b), g_p, g)
     if not decouple:
       direction = _base.tree_combine((1.0, g), (alpha, sharpness_grad), like=g)
       return direction, WSAMState(count=count, base_state=None)

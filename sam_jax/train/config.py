@@ -98,6 +98,7 @@ class TrainConfig:
   sigma: Optional[float] = None         # F-SAM
   lmbda: Optional[float] = None         # F-SAM
   adaptive: Optional[bool] = None       # SAM, GSAM, WSAM, F-SAM element-wise variants
+  adaptive_perturbation: Optional[bool] = None  # GSAM: big_vision's |w|-scaled ball instead
   decouple: Optional[bool] = None       # WSAM
   # Sampling.
   sampler: str = "shuffle"              # "shuffle" or "dual" (a fixed share of positives per batch)

@@ -41,7 +41,7 @@ OPTIMIZERS = BASE_OPTIMIZERS + tuple(SHARPNESS_METHODS)
 SCHEDULES = ("constant", "multistep", "cosine")
 # Config field -> the factories' argument (GSAM calls its radius rho_max).
 _HYPERPARAMETERS = ("rho", "rho_min", "eta", "alpha", "gamma", "beta", "sigma", "lmbda",
-                    "adaptive", "decouple")
+                    "adaptive", "adaptive_perturbation", "decouple")
 
 
 def check_names(config: TrainConfig) -> None:

@@ -134,11 +134,22 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str = "") -> Non
   plt.close(fig)
 
 
-def progress_bars(enabled: bool):
-  """``make(total=..., desc=...)`` -> a tqdm bar (disabled when not ``enabled``)."""
+def progress_bars(enabled: bool, stream=None):
+  """``make(total=..., desc=...)`` -> a tqdm bar on ``stream`` (stderr).
+
+  Disabled when not ``enabled``, and when the stream is not a terminal (a log
+  file, CI): there the carriage-return frames would pile up, and the loop's
+  one line per epoch is the progress.
+  """
+  import sys
+
   from tqdm.auto import tqdm
 
+  stream = sys.stderr if stream is None else stream
+  interactive = enabled and hasattr(stream, "isatty") and stream.isatty()
+
   def make(**kwargs):
-    return tqdm(disable=not enabled, leave=False, dynamic_ncols=True, unit="step", **kwargs)
+    return tqdm(disable=not interactive, leave=False, dynamic_ncols=True, unit="step",
+                file=stream, **kwargs)
 
   return make

@@ -90,7 +90,7 @@ def jax_loss(params, x, y):
   z = jnp.einsum("ni,ik->nk", x, k0.reshape(IN, HIDDEN)) + params["conv"]["bias"]
   a = jnp.tanh(z) * params["norm"]["scale"]
   logits = a @ params["head"]["kernel"] + params["head"]["bias"]
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
   return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
 

@@ -11,10 +11,15 @@ from tests.optimizers.conftest import run_updates
 from tests.optimizers.test_sam import sam_reference
 
 
-def gsam_reference(params, grad, rho, alpha, minimize_fp=True, adaptive=False, eps=1e-12):
+def gsam_reference(params, grad, rho, alpha, minimize_fp=True, adaptive=False, eps=1e-12,
+                   adaptive_perturbation=False):
   g = grad(params)
-  e = mp.scale(g, rho / (mp.norm(g) + eps))
-  if adaptive:
+  if adaptive:  # sam's element-wise ellipsoid, rho w^2 g / ||w g||
+    wg = {k: np.abs(params[k]) * g[k] for k in g}
+    e = {k: rho * params[k] ** 2 * g[k] / (mp.norm(wg) + eps) for k in g}
+  else:
+    e = mp.scale(g, rho / (mp.norm(g) + eps))
+  if adaptive_perturbation:  # big_vision: the ball's eps scaled by |w|
     e = {k: e[k] * np.abs(params[k]) for k in e}
   gp = grad(mp.add(params, e))
   if minimize_fp:
@@ -28,15 +33,24 @@ def gsam_reference(params, grad, rho, alpha, minimize_fp=True, adaptive=False, e
 
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("minimize_fp", [True, False])
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_gsam_matches_reference(problem, jit, minimize_fp, adaptive):
-  rho = 0.5 if adaptive else 0.1
-  tx = sam_jax.gsam(rho, alpha=0.4, minimize_fp=minimize_fp, adaptive=adaptive)
+@pytest.mark.parametrize("form", ["ball", "adaptive", "adaptive_perturbation"])
+def test_gsam_matches_reference(problem, jit, minimize_fp, form):
+  rho = 0.1 if form == "ball" else 0.5
+  flags = {form: True} if form != "ball" else {}
+  tx = sam_jax.gsam(rho, alpha=0.4, minimize_fp=minimize_fp, **flags)
   (direction,) = run_updates(tx, problem, jit=jit)
-  expected = gsam_reference(
-      problem.params_np, problem.numpy_grad, rho, 0.4, minimize_fp, adaptive
-  )
+  expected = gsam_reference(problem.params_np, problem.numpy_grad, rho, 0.4, minimize_fp, **flags)
   mp.assert_trees_close(direction, expected)
+
+
+def test_adaptive_means_what_it_means_in_sam(problem):
+  """alpha = 0 with a constant rho: adaptive GSAM is adaptive SAM."""
+  gsam = sam_jax.gsam(0.5, 0.5, alpha=0.0, adaptive=True)
+  sam = sam_jax.sam(0.5, adaptive=True)
+  (a,), (b,) = run_updates(gsam, problem, jit=True), run_updates(sam, problem, jit=True)
+  mp.assert_trees_close(a, mp.to_flat(b))
+  with pytest.raises(ValueError, match="choose one"):
+    sam_jax.gsam(adaptive=True, adaptive_perturbation=True)
 
 
 def test_alpha_zero_and_constant_rho_is_sam(problem):

@@ -46,3 +46,14 @@ def test_rho_schedule_is_evaluated_at_the_step_count(problem):
 def test_rho_zero_is_the_clean_gradient(problem):
   (direction,) = run_updates(sam_jax.sam(0.0), problem, jit=True)
   mp.assert_trees_close(direction, problem.numpy_grad(problem.params_np))
+
+
+def usam_reference(params, grad, rho):
+  """Unnormalized SAM: ε = ρ g; returns ∇L(w + ε)."""
+  return grad(mp.add(params, mp.scale(grad(params), rho)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_unnormalized_sam_matches_reference(problem, jit):
+  (direction,) = run_updates(sam_jax.sam(0.3, normalize=False), problem, jit=jit)
+  mp.assert_trees_close(direction, usam_reference(problem.params_np, problem.numpy_grad, 0.3))

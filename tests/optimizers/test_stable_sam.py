@@ -41,3 +41,16 @@ def test_on_top_of_crsam_renormalizes_both_points(problem):
 def test_rho_and_base_are_exclusive():
   with pytest.raises(ValueError, match="not both"):
     sam_jax.stable_sam(0.1, base=sam_jax.sam(0.1))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_stable_usam_matches_reference(problem, jit):
+  """The authors' other base: unnormalized SAM, eps = rho g, then renormalized."""
+  from tests.optimizers.test_sam import usam_reference
+
+  (direction,) = run_updates(sam_jax.stable_sam(0.3, normalize=False), problem, jit=jit)
+  g = problem.numpy_grad(problem.params_np)
+  gp = usam_reference(problem.params_np, problem.numpy_grad, 0.3)
+  mp.assert_trees_close(direction, mp.scale(gp, mp.norm(g) / mp.norm(gp)))
+  with pytest.raises(ValueError, match="normalize=False chooses USAM"):
+    sam_jax.stable_sam(base=sam_jax.sam(), normalize=False)

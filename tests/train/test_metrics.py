@@ -76,3 +76,23 @@ def test_missing_class_is_skipped_in_the_mean_auc():
   scores = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
   out = metrics.evaluate("multiclass", labels, scores)
   assert np.isnan(out["auc_per_class"][2]) and out["auc"] == 1.0
+
+
+def test_progress_bars_only_on_a_terminal():
+  import io
+
+  from sam_jax.train import records
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  log, terminal = io.StringIO(), Terminal()
+  for stream in (log, terminal):
+    bar = records.progress_bars(True, stream)(total=3, desc="epoch 1/1")
+    for _ in range(3):
+      bar.update(1)
+    bar.close()
+  assert log.getvalue() == ""            # a log file gets the loop's epoch lines only
+  assert "\r" in terminal.getvalue()     # a terminal gets the live bar
+  assert records.progress_bars(False, terminal)(total=3).disable
