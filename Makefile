@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # one process leaves a core idle for (PYTEST_ARGS= for a serial run).
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv demo toy-demo test test-slow test-all bench clean
+.PHONY: venv demo toy-demo test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ toy-demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -82,7 +82,7 @@ def benchmark(spec: str, optimizer: str, n: int, batch_size: int, rounds: int, s
     else:
       group_state = state
   solo_times, group_times = [], []
-  for r in range(rounds):
+  for _ in range(rounds):
     solo_state = timed(solo_step, solo_state, solo_batch, lambda i: jax.random.key(i), steps,
                        solo_times)
     group_state = timed(group_step, group_state, group_batch,

@@ -32,6 +32,7 @@ import numpy as np
 
 from sam_jax.train import config as config_lib
 
+
 class _Parser(argparse.ArgumentParser):
   """argparse, with a usage error on one line (the usage itself is in --help)."""
 

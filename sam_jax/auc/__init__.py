@@ -13,6 +13,7 @@ formula is the default and the code's behaviour an option (each docstring
 says which).
 """
 
+from sam_jax.auc._dam import DAMState, dual_mask
 from sam_jax.auc.ap import APState, ap_loss, ap_state
 from sam_jax.auc.aucm import aucm_loss, aucm_variables
 from sam_jax.auc.imbalance import balanced_class_weights, focal_loss, weighted_cross_entropy
@@ -30,7 +31,6 @@ from sam_jax.auc.soap import soap
 from sam_jax.auc.sopa import sopa
 from sam_jax.auc.sopa_s import sopa_s
 from sam_jax.auc.surrogates import SURROGATES, get_surrogate
-from sam_jax.auc._dam import DAMState, dual_mask
 
 __all__ = [
     "APState", "DAMState", "SURROGATES", "TwoWayKLState", "ap_loss", "ap_state", "aucm_loss",

@@ -22,7 +22,6 @@ import pathlib
 import shutil
 import tempfile
 import urllib.request
-import zipfile
 from typing import Mapping, Optional, Union
 
 import numpy as np
@@ -312,7 +311,7 @@ def load(
     resolved_task = entry.task
     class_names = entry.labels
   else:
-    all_labels = np.concatenate([l for _, l in splits.values()])
+    all_labels = np.concatenate([labels for _, labels in splits.values()])
     resolved_task = task or _guess_task(all_labels)
     if resolved_task == ds.MULTILABEL:
       width = all_labels.shape[1]

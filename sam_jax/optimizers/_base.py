@@ -407,9 +407,10 @@ def check_composition(opt_state: optax.OptState) -> None:
       name = "MultiSteps" if isinstance(x, optax.MultiStepsState) else "apply_if_finite"
       inner = "MultiSteps(base_optimizer, k)" if name == "MultiSteps" else \
           "apply_if_finite(base_optimizer, n)"
+      why = ("feeds it accumulated gradients and keeps one micro-batch" if name == "MultiSteps"
+             else "checks only the clean gradient")
       raise ValueError(
-          f"a sharpness transformation inside optax.{name} is silently wrong ({name} "
-          f"{'feeds it accumulated gradients and keeps one micro-batch' if name == 'MultiSteps' else 'checks only the clean gradient'}); "
+          f"a sharpness transformation inside optax.{name} is silently wrong ({name} {why}); "
           f"put it first and wrap the rest: optax.chain(sam_jax.sam(rho), optax.{inner}).")
     return isinstance(x, wrappers)
 

@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from sam_jax.studies import grid
-from sam_jax.studies import stats
+from sam_jax.studies import grid, stats
 
 METRICS = (("auc", "test AUC"), ("acc", "test ACC"), ("f1_macro", "F1 (macro)"),
            ("balanced_acc", "bal. ACC"))

@@ -30,9 +30,8 @@ import time
 import jax
 
 from sam_jax.data import augment as augment_lib
-from sam_jax.train import parallel
+from sam_jax.train import parallel, setup
 from sam_jax.train import records as records_lib
-from sam_jax.train import setup
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.epoch import EpochSums, train_epoch

@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sam_jax import auc
+from sam_jax import auc, models
 from sam_jax import data as data_lib
-from sam_jax import models
 from sam_jax.data import augment as augment_lib
 from sam_jax.data import batches as batches_lib
 from sam_jax.data import dataset as ds
@@ -171,7 +170,8 @@ def build_model(config: TrainConfig, dataset: ds.Dataset):
   try:
     return models.create_model(config.model, dataset.num_classes, **kwargs)
   except TypeError as error:
-    raise ValueError(f"model {config.model!r} does not take one of {sorted(kwargs)}: {error}")
+    raise ValueError(f"model {config.model!r} does not take one of {sorted(kwargs)}: {error}") \
+        from None
 
 
 def build_objective(config: TrainConfig, dataset: ds.Dataset) -> objectives.Objective:
@@ -280,7 +280,8 @@ def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str 
       reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
       raise ValueError(f"the {which} checkpoint {workdir / 'checkpoints' / which / str(step)} does "
                        f"not restore for {dataset.name} ({dataset.num_classes} classes, images "
-                       f"{dataset.image_shape}): it is damaged or from other data ({reason}).")
+                       f"{dataset.image_shape}): it is damaged or from other data ({reason}).") \
+          from None
   finally:
     checkpointer.close()
   return RestoredRun(config, state, meta, apply_fn, step)

@@ -56,7 +56,7 @@ class WorkdirLock:
     self._created = not self.workdir.exists()
     self.workdir.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
-      warnings.warn("no flock on this platform: the work directory is not locked.")
+      warnings.warn("no flock on this platform: the work directory is not locked.", stacklevel=2)
       return self
     handle = open(self.workdir / LOCK_NAME, "a+")
     try:
