@@ -5,7 +5,7 @@ The public API is small: the optimizer factories (each an Optax
 call them. Models, data and training live in their subpackages.
 """
 
-from sam_jax import auc
+from sam_jax import auc, interop
 from sam_jax.optimizers import (
     asam,
     crsam,
@@ -38,6 +38,7 @@ __all__ = [
     "gcsam",
     "grad_fn_from_loss",
     "gsam",
+    "interop",
     "is_sharpness_aware",
     "load_run",
     "sam",
