@@ -121,6 +121,7 @@ class TrainConfig:
   checkpoint_every: int = 1             # epochs
   checkpoint_every_steps: Optional[int] = None  # also save inside epochs
   keep_checkpoints: int = 2             # last/ checkpoints kept
+  tensorboard: bool = False             # event files in <workdir>/tensorboard (extra: sam_jax[tensorboard])
   progress: bool = True                 # progress bars (--no-progress for logs)
 
   def to_dict(self) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def train_epoch(
     batch_size: int = 0,
     time_first_step: bool = False,
     run_names: Optional[Sequence[str]] = None,
+    on_step: Optional[Callable[[int, dict], None]] = None,
 ) -> EpochResult:
   """Runs ``batches`` (``(batch_index, batch)`` pairs) through the step.
 
@@ -85,7 +86,8 @@ def train_epoch(
 
   Several stacked runs: ``sums`` is a sequence (one per run), ``step_key``
   holds one key per run, and ``run_names`` (e.g. ``"seed 3"``) prefix the
-  non-finite messages.
+  non-finite messages. ``on_step(step, metrics)`` receives each step's host
+  metrics of a single run (TensorBoard), one step late, as they settle.
   """
   first_step_s = None
   pending = None
@@ -109,6 +111,8 @@ def train_epoch(
         if bar is not None:
           bar.write(f"skipped: {message}")
       run_sums.add(run_metrics)
+    if on_step is not None and not stacked:
+      on_step(index, per_run[0])
     return per_run[0]
 
   stopped = False

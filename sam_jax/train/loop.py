@@ -30,7 +30,7 @@ import time
 import jax
 
 from sam_jax.data import augment as augment_lib
-from sam_jax.train import parallel, setup
+from sam_jax.train import parallel, setup, tensorboard
 from sam_jax.train import records as records_lib
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
@@ -119,6 +119,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   device_state = placement.to_device(state)
   param_paths = state.params
   progress = records_lib.progress_bars(config.progress)
+  board = tensorboard.writer(config.tensorboard, workdir, lambda s: float(schedule(s)), config.rho)
 
   def meta_for(epoch, batch, sums_):
     return {"epoch": epoch, "batch": batch, "sums": dataclasses.asdict(sums_),
@@ -143,7 +144,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
           checkpoint_due=lambda s, b: bool(every) and s % every == 0 and b + 1 < steps_per_epoch,
           save=lambda s, st, next_batch, epoch=epoch: checkpointer.save(
               s, placement.to_host(st), meta_for(epoch, next_batch, sums)),
-          bar=bar, batch_size=config.batch_size, time_first_step=first_step_s is None)
+          bar=bar, batch_size=config.batch_size, time_first_step=first_step_s is None,
+          on_step=board.step)
       bar.close()
       device_state, step = result.state, result.step
       first_step_s = first_step_s if first_step_s is not None else result.first_step_s
@@ -158,6 +160,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       improved = selection.update(record)
       check_workdir()
       epoch_log.append(record)
+      board.epoch(record)
       log(records_lib.epoch_line(record, config.epochs, improved))
       sums, start_batch = EpochSums(), 0
       done = epoch + 1 == config.epochs or result.stopped_at_max_steps
@@ -172,6 +175,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
         break
   finally:
     checkpointer.close()
+    board.close()
 
   check_workdir()
   epochs = epoch_log.read()

@@ -94,6 +94,11 @@ def check_config(config: TrainConfig) -> None:
   for field, allowed in choices.items():
     if getattr(config, field) not in allowed:
       raise ValueError(f"{field} must be one of {allowed}, got {getattr(config, field)!r}.")
+  if config.tensorboard:
+    import importlib.util
+    if importlib.util.find_spec("tensorboardX") is None:
+      raise ValueError("--tensorboard needs tensorboardX: pip install 'sam_jax[tensorboard]' "
+                       "(or pip install tensorboardX).")
   ratios = config.split_ratios
   if len(ratios) != 3 or not all(r >= 0 for r in ratios) or not abs(sum(ratios) - 1) < 1e-6:
     raise ValueError(f"split_ratios are the train, val and test fractions (three, >= 0, "

@@ -1,5 +1,7 @@
 """Metrics against scikit-learn on random data (with ties), and MedMNIST semantics."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -96,3 +98,45 @@ def test_progress_bars_only_on_a_terminal():
   assert log.getvalue() == ""            # a log file gets the loop's epoch lines only
   assert "\r" in terminal.getvalue()     # a terminal gets the live bar
   assert records.progress_bars(False, terminal)(total=3).disable
+
+
+def read_scalars(directory) -> dict:
+  """tag -> [(step, value)] from TensorBoard event files (TFRecord framing, read by hand)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out: dict = {}
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    at = 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out
+
+
+def test_tensorboard_event_files_hold_step_and_epoch_scalars(tmp_path):
+  pytest.importorskip("tensorboardX")
+  from sam_jax.train import config as config_lib
+  from sam_jax.train import loop
+  from tests.data.synthetic import write_medmnist_npz
+
+  npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=2)
+  config = config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625, batch_size=32,
+                                  eval_batch_size=32, epochs=2, optimizer="sam", rho=0.05,
+                                  base_optimizer="sgd", learning_rate=0.05, schedule="cosine",
+                                  tensorboard=True, progress=False)
+  results = loop.train_and_evaluate(config, tmp_path / "run", log=lambda m: None)
+  scalars = read_scalars(tmp_path / "run" / "tensorboard")
+  assert [s for s, _ in scalars["step/loss"]] == [1, 2, 3, 4]
+  assert {"step/perturbed_loss", "step/sharpness", "step/lr", "train/loss", "val/auc",
+          "test/acc", "epoch/lr", "epoch/rho"} <= set(scalars)
+  lrs = [v for _, v in scalars["step/lr"]]
+  assert lrs[0] == pytest.approx(0.05) and lrs[-1] < lrs[0]  # the cosine schedule as used
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [v for _, v in scalars["val/auc"]] == pytest.approx([r["val"]["auc"] for r in records])
+  assert results["steps"] == 4
