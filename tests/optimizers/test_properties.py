@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tests.optimizers.test_common import METHODS, RADIUS, build  # noqa: E402
 
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 # rho = 0 leaves the gradient bit for bit for these; GSAM's decomposition and
 # CR-SAM's curvature terms are sums that round (checked to float tolerance).
 EXACT_AT_ZERO_RADIUS = ("sam", "sam_adaptive", "asam", "wsam", "wsam_decoupled", "gcsam",
@@ -141,7 +141,7 @@ def test_asam_is_invariant_to_relu_rescalings(network, rho):
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * float(np.max(np.abs(want))))
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(problems(), st.sampled_from(sorted(METHODS)), st.sampled_from([2, 4]),
        st.integers(0, 2**16))
 def test_synchronized_perturbation_on_k_devices_is_one_device_on_the_global_batch(
