@@ -84,9 +84,11 @@ class Medmnist(_InMemoryBuilder):
   """MedMNIST v2/v3 from the official ``.npz`` files (MD5-verified)."""
 
   VERSION = tfds.core.Version("1.0.0")
+  # name/description are tfds.core.BuilderConfig's own fields, which the type
+  # checker does not see through tfds's dataclass transform.
   BUILDER_CONFIGS = [
-      MedmnistConfig(name=f"{flag}_{size}", flag=flag, size=size,
-                     description=f"{flag} at {size} px")
+      MedmnistConfig(name=f"{flag}_{size}", flag=flag, size=size,  # pyrefly: ignore[unexpected-keyword]
+                     description=f"{flag} at {size} px")  # pyrefly: ignore[unexpected-keyword]
       for flag, entry in medmnist.INFO.items() for size in entry.sizes
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -126,8 +128,8 @@ class MedicalImageFolders(_InMemoryBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [
-      FolderConfig(name=f"{name}_{size}", preset=name, size=size,
-                   description=f"{name} at {size} px")
+      FolderConfig(name=f"{name}_{size}", preset=name, size=size,  # pyrefly: ignore[unexpected-keyword]
+                   description=f"{name} at {size} px")  # pyrefly: ignore[unexpected-keyword]
       for name in folders.PRESETS for size in FOLDER_SIZES
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
