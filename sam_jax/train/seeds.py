@@ -112,13 +112,22 @@ def train_and_evaluate_seeds(config: TrainConfig, seeds: Sequence[int],
   """Trains ``config`` once per seed in one vmapped program; returns each seed's results."""
   check_seeds(config, seeds, workdirs)
   setup.check_config(config)
-  with contextlib.ExitStack() as locks:
-    for workdir in workdirs:
-      locks.enter_context(WorkdirLock(workdir, log))
-    return _train_and_evaluate_seeds(config, seeds, workdirs, resume, log)
+  with contextlib.ExitStack() as stack:
+    locks = [stack.enter_context(WorkdirLock(workdir, log)) for workdir in workdirs]
+
+    def check_workdirs():
+      for lock in locks:
+        lock.check()
+
+    try:
+      return _train_and_evaluate_seeds(config, seeds, workdirs, resume, log, check_workdirs)
+    except Exception:
+      check_workdirs()  # a vanished work directory is the cause of whatever failed
+      raise
 
 
-def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log) -> list[dict]:
+def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
+                              check_workdirs=lambda: None) -> list[dict]:
   start_time = time.perf_counter()
   n = len(seeds)
   configs = [config.replace(seed=int(seed)) for seed in seeds]
@@ -152,11 +161,12 @@ def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log) -> list[dict
       records_lib.write_json(run.workdir / "config.json", run.config.to_dict())
     first_step_s, epoch_times = _train(
         config, runs, stack(states), seeds_placement(build), eval_step, dataset, schedule,
-        steps_per_epoch, jnp.stack(step_keys), start_epoch, start_batch, log)
+        steps_per_epoch, jnp.stack(step_keys), start_epoch, start_batch, log, check_workdirs)
   finally:
     for run in runs:
       run.checkpointer.close()
 
+  check_workdirs()
   results = []
   for run in runs:
     epochs = run.epoch_log.read()
@@ -214,7 +224,7 @@ def _meta(run: _SeedRecords, epoch: int, batch: int) -> dict:
 
 
 def _train(config, runs, device_state, placement, eval_step, dataset, schedule, steps_per_epoch,
-           step_keys, start_epoch, start_batch, log):
+           step_keys, start_epoch, start_batch, log, check_workdirs=lambda: None):
   n = len(runs)
   names = [f"seed {run.config.seed}" for run in runs]
   progress = records_lib.progress_bars(config.progress)
@@ -264,6 +274,7 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
       record = records_lib.epoch_record(epoch + 1, step, lr, run.sums, run_val, run_test,
                                         train_seconds / n)
       improved = run.selection.update(record)
+      check_workdirs()
       run.epoch_log.append(record)
       run.last_epoch, run.steps = epoch + 1, step
       run.stopped = run.selection.should_stop

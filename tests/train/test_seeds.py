@@ -158,3 +158,27 @@ def test_bad_seed_groups_are_refused(tiny_npz, tmp_path, kwargs, message):
   config = tiny_config(tiny_npz, **kwargs)
   with pytest.raises(ValueError, match=message):
     seeds.train_and_evaluate_seeds(config, chosen, [tmp_path / str(i) for i in range(len(chosen))])
+
+
+def test_a_vanished_seed_directory_is_named(tmp_path, monkeypatch):
+  """One seed's work directory removed mid-run: the group stops naming it."""
+  import shutil
+
+  from sam_jax.train import records
+  from sam_jax.train.workdir_lock import WorkdirVanishedError
+
+  npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=1)
+  config = config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625, batch_size=32,
+                                  eval_batch_size=32, epochs=2, optimizer="sgd",
+                                  learning_rate=0.05, progress=False)
+  append = records.EpochLog.append
+
+  def append_then_vanish(self, record):
+    append(self, record)
+    if (tmp_path / "s1").exists():
+      shutil.rmtree(tmp_path / "s1")
+
+  monkeypatch.setattr(records.EpochLog, "append", append_then_vanish)
+  with pytest.raises(WorkdirVanishedError, match=r"s1 disappeared during the run"):
+    seeds.train_and_evaluate_seeds(config, [0, 1], [tmp_path / "s0", tmp_path / "s1"],
+                             log=lambda m: None)
