@@ -16,9 +16,7 @@ KINDS = ("optimizers", "models", "datasets", "losses")
 def choices() -> dict[str, tuple[str, ...]]:
   """Config field -> its allowed values (fields that name a registered thing)."""
   from sam_jax import models
-  from sam_jax.data import folders
   from sam_jax.train import objectives, optim, setup
-  from sam_jax.train.step import NONFINITE_POLICIES, PERTURBATIONS
 
   return {
       "optimizer": optim.OPTIMIZERS,
@@ -26,15 +24,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "model": tuple(models.MODELS),
       "schedule": optim.SCHEDULES,
       "loss": tuple(objectives.LOSSES),
-      "parallel": setup.PARALLEL_MODES,
-      "perturbation": PERTURBATIONS,
-      "nonfinite": NONFINITE_POLICIES,
-      "dtype": tuple(setup.DTYPES),
-      "sampler": setup.SAMPLERS,
-      "augment": ("none", "standard"),
-      "select_by": ("auc", "loss"),
-      "duplicates": folders.DUPLICATE_POLICIES,
-      "momentum_convention": ("heavy_ball", "libauc"),
+      **setup.FIELD_CHOICES,
       "stem": ("cifar", "imagenet"),
   }
 

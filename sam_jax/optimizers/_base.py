@@ -138,6 +138,7 @@ def sam_perturbation(
     rho: jax.Array,
     eps: float,
     adaptive: bool = False,
+    normalize: bool = True,
 ) -> Any:
   """The SAM ascent step ``ε``.
 
@@ -145,14 +146,16 @@ def sam_perturbation(
   ``adaptive=True``: ``ε = ρ·w²⊙g / (‖|w|⊙g‖ + eps)``, the element-wise form
   of davda54/sam, dlrover WSAM and juntang-zhuang/GSAM (η = 0, every tensor).
   This is *not* the official ASAM; see :func:`sam_jax.asam`.
+  ``normalize=False`` drops the division by the norm (USAM): ``ε = ρ·g`` or
+  ``ρ·w²⊙g``.
   """
   rho = jnp.asarray(rho)
   if not adaptive:
-    scale = rho / (global_norm(grads) + eps)
+    scale = rho / (global_norm(grads) + eps) if normalize else rho
     return jax.tree.map(lambda g: wide(g) * scale, grads)
   w_abs = jax.tree.map(lambda w: jnp.abs(wide(w)), params)
   scaled = jax.tree.map(lambda g, a: wide(g) * a, grads, w_abs)
-  scale = rho / (global_norm(scaled) + eps)
+  scale = rho / (global_norm(scaled) + eps) if normalize else rho
   return jax.tree.map(lambda s, a: s * a * scale, scaled, w_abs)
 
 

@@ -107,13 +107,7 @@ def sam(
     del extra_args
     grad_fn = _base.require_grad_fn(grad_fn, params, "sam")
     rho_t = _base.value_at(rho, state.count)
-    if normalize:
-      perturbation = _base.sam_perturbation(updates, params, rho_t, eps, adaptive)
-    elif adaptive:
-      perturbation = jax.tree.map(lambda g, w: rho_t * _base.wide(w) ** 2 * _base.wide(g),
-                                  updates, params)
-    else:
-      perturbation = jax.tree.map(lambda g: rho_t * _base.wide(g), updates)
+    perturbation = _base.sam_perturbation(updates, params, rho_t, eps, adaptive, normalize)
     adversarial = _base.evaluate(
         grad_fn,
         _base.perturb(params, perturbation),

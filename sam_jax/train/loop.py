@@ -64,11 +64,7 @@ def train_and_evaluate(
   setup.check_config(config)
   workdir = pathlib.Path(workdir)
   with WorkdirLock(workdir, log) as lock:
-    try:
-      return _train_and_evaluate(config, workdir, resume, log, lock.check)
-    except Exception:
-      lock.check()  # a vanished work directory is the cause of whatever failed
-      raise
+    return _train_and_evaluate(config, workdir, resume, log, lock.check)
 
 
 def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log,

@@ -119,11 +119,7 @@ def train_and_evaluate_seeds(config: TrainConfig, seeds: Sequence[int],
       for lock in locks:
         lock.check()
 
-    try:
-      return _train_and_evaluate_seeds(config, seeds, workdirs, resume, log, check_workdirs)
-    except Exception:
-      check_workdirs()  # a vanished work directory is the cause of whatever failed
-      raise
+    return _train_and_evaluate_seeds(config, seeds, workdirs, resume, log, check_workdirs)
 
 
 def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
@@ -267,6 +263,7 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
     done = epoch + 1 == config.epochs or result.stopped_at_max_steps
     due = (epoch + 1) % config.checkpoint_every == 0 or done
     lr = float(schedule(max(step - 1, 0)))
+    check_workdirs()
     for run, host, run_val, run_test in zip(runs, host_states, val, test):
       if run.stopped:  # its records ended at its own early stop
         run.sums = EpochSums()
@@ -274,7 +271,6 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
       record = records_lib.epoch_record(epoch + 1, step, lr, run.sums, run_val, run_test,
                                         train_seconds / n)
       improved = run.selection.update(record)
-      check_workdirs()
       run.epoch_log.append(record)
       run.last_epoch, run.steps = epoch + 1, step
       run.stopped = run.selection.should_stop

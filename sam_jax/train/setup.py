@@ -27,10 +27,18 @@ from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.optim import build_optimizer, check_names
 from sam_jax.train.state import TrainState, create_train_state
+from sam_jax.train.step import NONFINITE_POLICIES, PERTURBATIONS
 
 PARALLEL_MODES = ("none", "pmap", "shard_map")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SAMPLERS = ("shuffle", "dual")
+# Config fields with a fixed set of values, checked here and listed by --help
+# (sam_jax.catalog adds the registries: optimizers, models, losses, ...).
+FIELD_CHOICES = {"parallel": PARALLEL_MODES, "dtype": tuple(DTYPES),
+                 "duplicates": data_lib.folders.DUPLICATE_POLICIES,
+                 "augment": ("none", "standard"), "select_by": ("auc", "loss"),
+                 "perturbation": PERTURBATIONS, "nonfinite": NONFINITE_POLICIES,
+                 "sampler": SAMPLERS, "momentum_convention": ("heavy_ball", "libauc")}
 
 
 def load_data(config: TrainConfig) -> ds.Dataset:
@@ -86,12 +94,7 @@ def check_config(config: TrainConfig) -> None:
   config_lib.from_dict(config.to_dict())  # every field of its type (a .py config may not be)
   check_names(config)
   models.model_entry(config.model)
-  choices = {"parallel": PARALLEL_MODES, "dtype": tuple(DTYPES),
-             "duplicates": data_lib.folders.DUPLICATE_POLICIES,
-             "augment": ("none", "standard"), "select_by": ("auc", "loss"),
-             "perturbation": ("per_device", "synchronized"), "nonfinite": ("error", "skip"),
-             "sampler": SAMPLERS, "momentum_convention": ("heavy_ball", "libauc")}
-  for field, allowed in choices.items():
+  for field, allowed in FIELD_CHOICES.items():
     if getattr(config, field) not in allowed:
       raise ValueError(f"{field} must be one of {allowed}, got {getattr(config, field)!r}.")
   if config.tensorboard:

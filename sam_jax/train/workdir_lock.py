@@ -117,8 +117,12 @@ class WorkdirLock:
   def __enter__(self) -> "WorkdirLock":
     return self.acquire()
 
-  def __exit__(self, *exc) -> None:
-    self.release()
+  def __exit__(self, exc_type, exc, traceback) -> None:
+    try:
+      if exc_type is not None and issubclass(exc_type, Exception):
+        self.check()  # a vanished work directory is the cause of whatever failed
+    finally:
+      self.release()
 
 
 def _read(handle) -> Optional[dict]:
