@@ -127,15 +127,28 @@ def _study_paths(args: argparse.Namespace, study) -> tuple[pathlib.Path, pathlib
   return root, root.with_name(root.name + ".md")
 
 
-def _commit_run(directory: pathlib.Path, message: str) -> None:
-  """Commits a finished run's small records (never its checkpoints)."""
+def _commit_run(directory: pathlib.Path, message: str, attempts: int = 5) -> Optional[str]:
+  """Commits a finished run's small records (never its checkpoints); None, or why not.
+
+  Another git command (yours, while the grid runs) holds git's index lock for a
+  moment: retried, and a commit that still fails is reported, never fatal to the grid.
+  """
   import subprocess
+  import time
 
   names = ("config.json", "metrics.jsonl", "results.json", "curves.png", "error.json")
   paths = [str(directory / n) for n in names if (directory / n).exists()]
-  subprocess.run(["git", "add", "--", *paths], check=True, capture_output=True)
-  subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], check=True,
-                 capture_output=True)
+  for attempt in range(attempts):
+    add = subprocess.run(["git", "add", "--", *paths], capture_output=True, text=True)
+    done = add.returncode == 0 and subprocess.run(
+        ["git", "commit", "-q", "-m", message, "--", *paths], capture_output=True, text=True)
+    if done and done.returncode == 0:
+      return None
+    failed = done if done else add
+    if attempt + 1 < attempts:
+      time.sleep(2.0 * (attempt + 1))
+  return (failed.stderr or failed.stdout).strip().splitlines()[0] if (
+      failed.stderr or failed.stdout).strip() else f"git exited {failed.returncode}"
 
 
 def grid_command(args: argparse.Namespace) -> int:
@@ -153,8 +166,10 @@ def grid_command(args: argparse.Namespace) -> int:
   if args.action == "run":
     only = (lambda run: fnmatch.fnmatch(str(run.directory(root)), f"*{args.only}*")) \
         if args.only else None
-    on_done = (lambda run, directory: _commit_run(directory, f"{study.name}: {run}")) \
-        if args.commit else (lambda run, directory: None)
+    def on_done(run, directory):
+      problem = _commit_run(directory, f"{study.name}: {run}") if args.commit else None
+      if problem:
+        print(f"{run}: not committed ({problem}); commit {directory} yourself", flush=True)
     quiet = lambda message: None
     counts = studies.run_grid(study, root, vmap_seeds=args.vmap_seeds,
                               retry_failed=args.retry_failed, only=only, on_done=on_done,

@@ -17,8 +17,10 @@ Presets:
 ``cpu``   ResNet-18 at width 1/8 and ViT-Ti with 7x7 patches at 28 px (BUSI
           resized to 28), batch 128, MedMNIST protocol (lr x0.1 at 50%/75%,
           test at the best validation AUC), epochs: 10 (BreastMNIST, BUSI),
-          2 (PneumoniaMNIST, 37 steps each). Sized for about 4 hours on the
-          2-core CPU machine.
+          2 (PneumoniaMNIST, 37 steps each). ViT-Ti (and the paper preset's
+          transformers) train with their own recipe (batch 32, warm-up,
+          cosine, clipping, lr 1e-4 / 0.01: ``common.TRANSFORMER_RECIPE``).
+          Sized for about 4 hours on the 2-core CPU machine.
 ``paper`` ResNet-50, VGG-16 (BN), ViT-S/16 and Swin-T at 224 px, 100 epochs,
           batch 128 (32 for Swin/ViT memory on one GPU is not needed at 224);
           for a GPU or TPU. MedMNIST at 224 needs the MedMNIST+ files

@@ -11,7 +11,10 @@ The grid's state lives in the run directories only: a run is *done* when its
 ``results.json`` exists, *failed* when its ``error.json`` does, *started*
 when it holds a checkpoint, *pending* otherwise. So any executor (this
 machine, a cluster) can run any subset, and the same study is resumed by
-running it again.
+running it again. A done or started run whose saved config differs from the
+one the study now gives it is *changed*: the study file (or ``--set``) was
+edited after it ran. It is neither counted as done nor resumed, since
+either would mix two settings in one cell without saying so.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import pathlib
 import runpy
 from typing import Callable, Iterable, Optional, Sequence
 
+from sam_jax.train import config as config_lib
 from sam_jax.train.config import TrainConfig
 
-STATES = ("done", "failed", "started", "pending")
+STATES = ("done", "changed", "failed", "started", "pending")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: configs are not hashable
@@ -119,47 +123,88 @@ def load_study(path: str | pathlib.Path, preset: str) -> Study:
   return study
 
 
-def run_state(directory: pathlib.Path) -> str:
-  """``done``, ``failed``, ``started`` or ``pending``, from the run directory alone."""
+def run_state(directory: pathlib.Path, config: Optional[TrainConfig] = None) -> str:
+  """``done``, ``changed``, ``failed``, ``started`` or ``pending``, from the run directory
+  alone; ``changed`` (only with ``config``) when what it saved was configured otherwise."""
   if (directory / "results.json").is_file():
-    return "done"
+    return "changed" if config is not None and config_changes(directory, config) else "done"
   if (directory / "error.json").is_file():
     return "failed"
   last = directory / "checkpoints" / "last"
   if last.is_dir() and any(p.name.isdigit() for p in last.iterdir()):
-    return "started"
+    return "changed" if config is not None and config_changes(directory, config) else "started"
   return "pending"
+
+
+def config_changes(directory: pathlib.Path, config: TrainConfig) -> dict[str, tuple]:
+  """The fields in which the run saved in ``directory`` differs from ``config``: from its
+  ``results.json`` if finished, else its ``config.json`` (a started run may still be given
+  more epochs or steps: :data:`~sam_jax.train.config.RESUMABLE_CHANGES`)."""
+  for name, ignore in (("results.json", config_lib.RECORD_FIELDS),
+                       ("config.json", config_lib.RESUMABLE_CHANGES)):
+    path = directory / name
+    if path.is_file():
+      try:
+        saved = json.loads(path.read_text())
+      except (OSError, ValueError):
+        return {"(unreadable)": (str(path), None)}
+      saved = saved.get("config", {}) if name == "results.json" else saved
+      return config_lib.config_differences(saved, config.to_dict(), ignore=ignore)
+  return {}
 
 
 def status(study: Study, root: pathlib.Path) -> dict[tuple[str, str, str], dict[str, list[int]]]:
   """Per cell: the seeds in each state."""
   out: dict = {}
   for run in study.runs:
-    state = run_state(run.directory(root))
+    state = run_state(run.directory(root), run.config)
     out.setdefault(run.cell, {s: [] for s in STATES})[state].append(run.seed)
   return out
 
 
 def status_lines(study: Study, root: pathlib.Path) -> list[str]:
-  """A table of the grid's state per cell, and the failed runs' error lines."""
-  lines = ["| dataset | model | method | done | started | failed | pending |",
-           "|---|---|---|---|---|---|---|"]
+  """A table of the grid's state per cell, the failed runs' error lines and the changed
+  runs' first differences."""
+  lines = ["| dataset | model | method | done | changed | started | failed | pending |",
+           "|---|---|---|---|---|---|---|---|"]
   totals = dict.fromkeys(STATES, 0)
-  errors = []
+  errors, changed = [], []
   for cell, states in status(study, root).items():
     for state in STATES:
       totals[state] += len(states[state])
     lines.append(f"| {' | '.join(cell)} | " + " | ".join(
-        str(len(states[s])) for s in ("done", "started", "failed", "pending")) + " |")
-    for seed in states["failed"]:
-      run = next(r for r in study.cells()[cell] if r.seed == seed)
-      error = read_error(run.directory(root))
-      errors.append(f"- {run}: {error}")
-  lines += ["", f"{study.name}: {totals['done']} done, {totals['started']} started, "
-            f"{totals['failed']} failed, {totals['pending']} pending of {len(study.runs)} runs."]
+        str(len(states[s])) for s in ("done", "changed", "started", "failed", "pending")) + " |")
+    runs = {r.seed: r for r in study.cells()[cell]}
+    errors += [f"- {runs[seed]}: {read_error(runs[seed].directory(root))}"
+               for seed in states["failed"]]
+    changed += [f"- {runs[seed]}: {describe_changes(runs[seed], root)}"
+                for seed in states["changed"]]
+  lines += ["", f"{study.name}: {totals['done']} done, {totals['changed']} changed, "
+            f"{totals['started']} started, {totals['failed']} failed, {totals['pending']} "
+            f"pending of {len(study.runs)} runs."]
   if errors:
     lines += ["", "Failed runs (last error line):", *errors]
+  if changed:
+    lines += ["", "Changed runs (made with other settings than the study now gives; move "
+              "them away to run them again):", *changed]
   return lines
+
+
+def describe_changes(run: Run, root: pathlib.Path) -> str:
+  return config_lib.describe_differences(config_changes(run.directory(root), run.config),
+                                         now="study", limit=3)
+
+
+def check_unchanged(runs: Sequence[Run], root: pathlib.Path) -> None:
+  """Refuses a grid whose finished or started runs were made with other settings."""
+  changed = [r for r in runs if run_state(r.directory(root), r.config) == "changed"]
+  if changed:
+    first = changed[0]
+    raise ValueError(
+        f"{len(changed)} runs under {root} were made with other settings than the study now "
+        f"gives them, e.g. {first}: {describe_changes(first, root)}. Move those run "
+        f"directories away (or restore the study's settings) and run again; "
+        f"`sam-jax grid status` lists them.")
 
 
 def read_error(directory: pathlib.Path) -> Optional[str]:

@@ -47,6 +47,8 @@ def study_groups(study: grid.Study, root: pathlib.Path) -> dict[tuple[str, str],
   """(dataset, model) -> method -> seed -> finished run."""
   out: dict = {}
   for run in study.runs:
+    if grid.run_state(run.directory(root), run.config) != "done":
+      continue  # a changed run belongs to other settings: never mixed into a cell
     loaded = load_run(run.directory(root))
     if loaded is not None:
       out.setdefault((run.dataset, run.model), {}).setdefault(run.method, {})[run.seed] = loaded
@@ -141,7 +143,10 @@ def study_report(study: grid.Study, root: pathlib.Path, preset: str) -> str:
            f"Written by `sam-jax grid report` from the run directories under `{root}`.", ""]
   status = grid.status(study, root)
   done = sum(len(s["done"]) for s in status.values())
-  lines += [f"{done} of {len(study.runs)} runs finished.", ""]
+  changed = sum(len(s["changed"]) for s in status.values())
+  lines += [f"{done} of {len(study.runs)} runs finished."
+            + (f" {changed} runs made with other settings than the study now gives are left "
+               "out (`sam-jax grid status` lists them)." if changed else ""), ""]
   for (dataset, model), methods in groups.items():
     first = next(iter(next(iter(methods.values())).values()))["results"]
     config = first["config"]

@@ -2,7 +2,9 @@
 
 :func:`run_grid` walks the study cell by cell. A done run is skipped, a
 started one resumes from its last checkpoint, a failed one is skipped (its
-``error.json`` names the error) unless ``retry_failed``. With
+``error.json`` names the error) unless ``retry_failed``. If any run was made
+with other settings than the study now gives it, nothing runs: the error
+names it (see :func:`sam_jax.studies.grid.check_unchanged`). With
 ``vmap_seeds`` the pending seeds of a cell train together in one vmapped
 program (:mod:`sam_jax.train.seeds`; worth it on accelerators, not on CPU).
 After each finished run ``on_done(run, directory)`` is called (the CLI's
@@ -65,6 +67,7 @@ def run_grid(study: grid.Study, root: str | pathlib.Path, *, vmap_seeds: bool = 
   """Runs what is not done yet; returns the count of runs per final state."""
   root = pathlib.Path(root)
   runs = [r for r in study.runs if only is None or only(r)]
+  grid.check_unchanged(runs, root)
   states = {r: grid.run_state(r.directory(root)) for r in runs}
   progress = Progress(len(runs), sum(s == "done" for s in states.values()), log)
   log(f"{study.name}: {progress.done} of {len(runs)} runs done; results in {root}")

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import pathlib
 import runpy
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from sam_jax import data as data_lib
 
@@ -247,23 +247,56 @@ def describe_file_error(error: Exception, path: pathlib.Path) -> str:
   return f"{type(error).__name__}: {error}".splitlines()[0] + where
 
 
-# Fields a resumed run may change: they do not change what is computed.
-RESUMABLE_CHANGES = ("epochs", "progress", "eval_batch_size", "checkpoint_every",
-                     "checkpoint_every_steps", "keep_checkpoints", "max_steps", "data_dir",
-                     "download")
+# Fields that do not change what a run computes: where the data is read from,
+# how often it is saved, how evaluation is batched, what is shown.
+RECORD_FIELDS = ("progress", "eval_batch_size", "checkpoint_every", "checkpoint_every_steps",
+                 "keep_checkpoints", "data_dir", "download", "tensorboard")
+# Fields a resumed run may change besides those: it may be trained for longer.
+RESUMABLE_CHANGES = RECORD_FIELDS + ("epochs", "max_steps")
+
+
+def config_differences(saved: dict[str, Any], given: dict[str, Any],
+                       ignore: Sequence[str] = RECORD_FIELDS) -> dict[str, tuple[Any, Any]]:
+  """``{field: (saved, given)}`` for the fields of ``given`` that differ from a run's saved
+  config, apart from ``ignore``. A field the saved config lacks (it predates the field)
+  counts as its default."""
+  defaults = TrainConfig().to_dict()
+  return {k: (saved.get(k, defaults.get(k)), v) for k, v in given.items()
+          if k not in ignore and _comparable(saved.get(k, defaults.get(k))) != _comparable(v)}
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]], now: str = "given",
+                         limit: int = 6) -> str:
+  """``field (run: a, given: b), ...``: a one-line summary of :func:`config_differences`."""
+  parts = [f"{k} (run: {a!r}, {now}: {b!r})" for k, (a, b) in sorted(differences.items())]
+  more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+  return ", ".join(parts[:limit]) + more
 
 
 def check_resume_changes(saved: TrainConfig, overrides: dict[str, Any]) -> None:
   """Refuses to resume with options that differ from the run's own, except harmless ones."""
-  stored = saved.to_dict()
-  changed = {k: v for k, v in overrides.items()
-             if k in stored and _comparable(stored[k]) != _comparable(v)}
-  bad = sorted(set(changed) - set(RESUMABLE_CHANGES))
+  bad = config_differences(saved.to_dict(), overrides, ignore=RESUMABLE_CHANGES)
   if bad:
-    details = ", ".join(f"{k} (run: {stored[k]!r}, given: {changed[k]!r})" for k in bad)
     raise ValueError(f"--resume continues the run as it was configured; these options differ: "
-                     f"{details}. Start a new work directory to change them (fields that may "
-                     f"change on resume: {', '.join(RESUMABLE_CHANGES)}).")
+                     f"{describe_differences(bad)}. Start a new work directory to change them "
+                     f"(fields that may change on resume: {', '.join(RESUMABLE_CHANGES)}).")
+
+
+def check_saved_config(workdir: str | pathlib.Path, config: TrainConfig) -> None:
+  """Refuses to continue the run in ``workdir`` with a config other than its own
+  ``config.json`` (apart from :data:`RESUMABLE_CHANGES`): a resumed run would mix the two."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    return
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{path} does not read as a run's config ({error}); move the run away "
+                     "or choose a new work directory.") from None
+  bad = config_differences(saved, config.to_dict(), ignore=RESUMABLE_CHANGES)
+  if bad:
+    raise ValueError(f"{workdir} holds a run configured differently: {describe_differences(bad)}."
+                     " Resume it with its own config, or choose a new work directory.")
 
 
 def _comparable(value: Any) -> Any:

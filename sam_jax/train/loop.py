@@ -30,6 +30,7 @@ import time
 import jax
 
 from sam_jax.data import augment as augment_lib
+from sam_jax.train import config as config_lib
 from sam_jax.train import parallel, setup, tensorboard
 from sam_jax.train import records as records_lib
 from sam_jax.train.checkpoint import Checkpointer
@@ -97,6 +98,11 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   start_epoch, start_batch, sums = 0, 0, EpochSums()
   selection = Selection(config.select_by, config.early_stopping)
   if resume and checkpointer.latest_step() is not None:
+    try:
+      config_lib.check_saved_config(workdir, config)
+    except ValueError:
+      checkpointer.close()
+      raise
     state, meta, _ = checkpointer.restore_newest_valid(state, log=log)
     start_epoch, start_batch = meta["epoch"], meta["batch"]
     sums = EpochSums(**meta["sums"])

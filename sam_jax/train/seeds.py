@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import records as records_lib
+from sam_jax.train import config as config_lib
 from sam_jax.train import setup
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
@@ -188,6 +189,8 @@ def _start(runs: list[_SeedRecords], states: list[Any], resume: bool, log) -> tu
     raise FileExistsError(f"{', '.join(held)} already hold checkpoints: pass resume to continue, "
                           "or choose new work directories.")
   if resume and any(step is not None for step in latest):
+    for run in runs:
+      config_lib.check_saved_config(run.workdir, run.config)
     # A process killed between the seeds' saves leaves some a checkpoint
     # ahead: all resume from the newest step every seed still holds.
     held = [set(run.checkpointer.last.all_steps()) for run in runs]

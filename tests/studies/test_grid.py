@@ -52,12 +52,12 @@ def finished(tiny_npz, tmp_path_factory):
 
 def test_grid_runs_everything_and_records_failures(finished):
   study, root, counts, done = finished
-  assert counts == {"done": 4, "failed": 2, "started": 0, "pending": 0}
+  assert counts == {"done": 4, "changed": 0, "failed": 2, "started": 0, "pending": 0}
   assert len(done) == 4
   error = studies.grid.read_error(study.runs[-1].directory(root))
   assert error.startswith("ValueError: batch size 4096 is larger")
   lines = "\n".join(studies.status_lines(study, root))
-  assert "4 done, 0 started, 2 failed, 0 pending of 6 runs" in lines and "batch size 4096" in lines
+  assert "4 done, 0 changed, 0 started, 2 failed, 0 pending of 6 runs" in lines and "batch size 4096" in lines
 
 
 def test_a_second_run_of_the_grid_runs_nothing(finished):
@@ -83,6 +83,48 @@ def test_an_interrupted_run_resumes_in_the_grid(tiny_npz, tmp_path, finished):
   again = json.loads((partial / "results.json").read_text())
   whole = json.loads((run.directory(root) / "results.json").read_text())
   assert again["test"] == whole["test"] and again["steps"] == whole["steps"]
+
+
+def test_runs_made_with_other_settings_are_changed_never_done(finished, tmp_path):
+  """Editing a study after some runs finished must not mix two settings in one cell."""
+  study, root, _, _ = finished
+  edited = studies.Study(study.name, [
+      studies.Run(r.dataset, r.model, r.method, r.seed,
+                  r.config.replace(learning_rate=0.01) if r.method == "sam" else r.config)
+      for r in study.runs], study.baselines)
+  sam = next(r for r in edited.runs if r.method == "sam")
+  assert studies.run_state(sam.directory(root), sam.config) == "changed"
+  assert studies.run_state(sam.directory(root)) == "done"  # without a config: files only
+  # Fields that do not change what is computed are not changes.
+  assert studies.run_state(sam.directory(root), next(
+      r for r in study.runs if r.method == "sam").config.replace(eval_batch_size=7)) == "done"
+  lines = "\n".join(studies.status_lines(edited, root))
+  assert "2 done, 2 changed, 0 started, 2 failed" in lines
+  assert "learning_rate (run: 0.001, study: 0.01)" in lines
+  before = {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
+  with pytest.raises(ValueError, match=r"2 runs under .* were made with other settings"):
+    studies.run_grid(edited, root, log=lambda m: None)
+  assert before == {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
+  text = studies.write_study_report(edited, root, tmp_path / "edited.md", "cpu").read_text()
+  assert "2 runs made with other settings" in text
+  assert not any(line.startswith("| sam |") for line in text.splitlines())
+
+
+def test_a_started_run_is_not_resumed_with_other_settings(tiny_npz, tmp_path, finished):
+  study, _, _, _ = finished
+  run = study.runs[0]
+  directory = run.directory(tmp_path)
+  from sam_jax.train import loop
+  loop.train_and_evaluate(run.config.replace(max_steps=2), directory, log=lambda m: None)
+  (directory / "results.json").unlink()
+  changed = run.config.replace(optimizer="sgd", learning_rate=0.1)
+  assert studies.run_state(directory, changed) == "changed"
+  assert studies.run_state(directory, run.config.replace(epochs=5)) == "started"
+  # The library path refuses too, not only the grid and the CLI.
+  with pytest.raises(ValueError, match=r"configured differently: learning_rate \(run: 0.001, "
+                                       r"given: 0.1\), optimizer \(run: 'adam', given: 'sgd'\)"):
+    loop.train_and_evaluate(changed, directory, resume=True, log=lambda m: None)
+  assert not (directory / "results.json").exists()
 
 
 def test_report_has_every_cell_with_seeds_and_paired_test(finished, tmp_path):
@@ -117,7 +159,7 @@ def test_grid_cli_status_and_bad_study_file(tmp_path, capsys):
   assert "must define get_study" in capsys.readouterr().err
   study = ROOT / "experiments" / "studies" / "gcsam_busi.py"
   assert cli.main(["grid", "status", str(study), "--workdir", str(tmp_path / "r")]) == 0
-  assert "0 done, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
+  assert "0 done, 0 changed, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, preset, runs", [
@@ -129,3 +171,25 @@ def test_the_committed_studies_expand(name, preset, runs):
   for run in study.runs:
     config_lib.from_dict(run.config.to_dict())  # every config is a valid record
   assert len({r.directory(pathlib.Path("x")) for r in study.runs}) == runs
+
+
+def test_commit_of_a_run_survives_a_busy_git(tmp_path, monkeypatch):
+  """--commit: a held index lock is retried, then reported; it never stops the grid."""
+  import subprocess
+
+  repo = tmp_path / "repo"
+  run = repo / "runs" / "seed0"
+  run.mkdir(parents=True)
+  for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+    subprocess.run(["git", *args], cwd=repo, check=True)
+  (run / "results.json").write_text("{}")
+  (run / "checkpoints").mkdir()
+  (run / "checkpoints" / "big").write_text("x")
+  monkeypatch.chdir(repo)
+  (repo / ".git" / "index.lock").write_text("")
+  problem = cli._commit_run(pathlib.Path("runs/seed0"), "busy", attempts=1)
+  assert problem and "index.lock" in problem
+  (repo / ".git" / "index.lock").unlink()
+  assert cli._commit_run(pathlib.Path("runs/seed0"), "a run") is None
+  tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout
+  assert tracked.split() == ["runs/seed0/results.json"]

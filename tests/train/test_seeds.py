@@ -139,6 +139,9 @@ def test_interrupted_group_resumes_to_the_same_records(tiny_npz, tmp_path, solo_
   with pytest.raises(KeyboardInterrupt):
     seeds.train_and_evaluate_seeds(config.replace(checkpoint_every_steps=2), SEEDS, dirs,
                                    log=crash)
+  with pytest.raises(ValueError, match=r"configured differently: learning_rate"):
+    seeds.train_and_evaluate_seeds(config.replace(checkpoint_every_steps=2, learning_rate=0.5),
+                                   SEEDS, dirs, resume=True, log=lambda m: None)
   resumed = seeds.train_and_evaluate_seeds(config.replace(checkpoint_every_steps=2), SEEDS, dirs,
                                            resume=True, log=lambda m: None)
   root = solo_and_group[0]
