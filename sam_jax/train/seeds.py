@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.data import augment as augment_lib
-from sam_jax.train import records as records_lib
 from sam_jax.train import config as config_lib
+from sam_jax.train import records as records_lib
 from sam_jax.train import setup
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
