@@ -166,19 +166,36 @@ def grid_command(args: argparse.Namespace) -> int:
   if args.action == "run":
     only = (lambda run: fnmatch.fnmatch(str(run.directory(root)), f"*{args.only}*")) \
         if args.only else None
+
     def on_done(run, directory):
       problem = _commit_run(directory, f"{study.name}: {run}") if args.commit else None
       if problem:
         print(f"{run}: not committed ({problem}); commit {directory} yourself", flush=True)
     quiet = lambda message: None
+    wait = args.wait if args.wait is not None else args.executor != "slurm"
     counts = studies.run_grid(study, root, vmap_seeds=args.vmap_seeds,
                               retry_failed=args.retry_failed, only=only, on_done=on_done,
                               log=lambda m: print(m, flush=True),
-                              run_log=quiet if args.quiet else lambda m: print(m, flush=True))
+                              run_log=quiet if args.quiet else lambda m: print(m, flush=True),
+                              executor=args.executor, resources=_resources(args, study),
+                              wait=wait)
     print(json.dumps(counts))
+    if not wait:
+      print(f"follow: sam-jax grid status {args.study} --preset {args.preset}; tables when done: "
+            f"sam-jax grid report {args.study} --preset {args.preset}")
+      return 0
   studies.write_study_report(study, root, report, args.preset)
   print(f"report: {report}")
   return 0
+
+
+def _resources(args: argparse.Namespace, study):
+  """The study's resources with the command line's on top."""
+  from sam_jax.studies import executors as studies_executors
+
+  fields = [f.name for f in dataclasses.fields(studies_executors.Resources)]
+  given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+  return studies_executors.read_resources({**study.resources, **given})
 
 
 def _override(study, assignments: Sequence[str]):
@@ -310,6 +327,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   grid_parser.add_argument("--commit", action="store_true",
                            help="git-commit each finished run's records")
   grid_parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+  cluster = grid_parser.add_argument_group(
+      "executors", "where the runs train: here (local), as a SLURM job array (slurm, needs "
+      "sam_jax[slurm]) or as Ray tasks (ray, needs sam_jax[ray]); the resources are per run "
+      "and override the study's own")
+  cluster.add_argument("--executor", default="local", choices=("local", "slurm", "ray"))
+  cluster.add_argument("--cpus", type=int, help="CPU cores per run (default 2)")
+  cluster.add_argument("--gpus", type=int, help="GPUs per run (default 0)")
+  cluster.add_argument("--mem-gb", dest="mem_gb", type=float, help="memory per run in GB")
+  cluster.add_argument("--time-min", dest="time_min", type=int,
+                       help="SLURM time limit per run in minutes (default 120; a run that "
+                       "reaches it is requeued and resumes)")
+  cluster.add_argument("--partition", help="SLURM partition")
+  cluster.add_argument("--account", help="SLURM account")
+  cluster.add_argument("--array-parallelism", dest="array_parallelism", type=int,
+                       help="SLURM: at most this many runs at once (default 64)")
+  cluster.add_argument("--submitit-cluster", dest="submitit_cluster", choices=("slurm", "local"),
+                       help="local: submit the SLURM jobs as processes here (a dry run)")
+  cluster.add_argument("--ray-address", dest="ray_address",
+                       help="an existing Ray cluster ('auto', 'ray://HOST:10001'); default: "
+                       "a Ray started here")
+  cluster.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                       help="follow the runs to the end and write the report (default: yes, "
+                       "except slurm, which submits and returns)")
   grid_parser.add_argument("--set", nargs="+", metavar="FIELD=VALUE",
                            help="override a config field in every run (e.g. epochs=20); use "
                            "with its own --workdir, since done runs are not rerun")

@@ -8,8 +8,10 @@ runs from :class:`Block` s (products of datasets, models and methods) and a
 ``configure(dataset, model, method)`` function.
 
 The grid's state lives in the run directories only: a run is *done* when its
-``results.json`` exists, *failed* when its ``error.json`` does, *started*
-when it holds a checkpoint, *pending* otherwise. So any executor (this
+``results.json`` exists, *failed* when its ``error.json`` does, *running*
+while a live process holds its work-directory lock (on this host or, on a
+shared filesystem with working locks, another), *started* when it holds a
+checkpoint, *pending* otherwise. So any executor (this
 machine, a cluster) can run any subset, and the same study is resumed by
 running it again. A done or started run whose saved config differs from the
 one the study now gives it is *changed*: the study file (or ``--set``) was
@@ -24,12 +26,13 @@ import itertools
 import json
 import pathlib
 import runpy
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from sam_jax.train import config as config_lib
 from sam_jax.train.config import TrainConfig
+from sam_jax.train.workdir_lock import held_by
 
-STATES = ("done", "changed", "failed", "started", "pending")
+STATES = ("done", "changed", "failed", "running", "started", "pending")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: configs are not hashable
@@ -71,6 +74,9 @@ class Study:
       compare it with (e.g. every sharpness method against its base optimizer).
     references: dataset -> published numbers to print beside ours (text).
     description: what the study asks; the report's preamble.
+    resources: what each run asks of a cluster under ``--executor slurm|ray``
+      (fields of :class:`~sam_jax.studies.executors.Resources`, e.g.
+      ``{"gpus": 1, "time_min": 240}``); the command line overrides them.
   """
 
   name: str
@@ -78,6 +84,7 @@ class Study:
   baselines: dict[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
   references: dict[str, str] = dataclasses.field(default_factory=dict)
   description: str = ""
+  resources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def cells(self) -> dict[tuple[str, str, str], list[Run]]:
     out: dict[tuple[str, str, str], list[Run]] = {}
@@ -124,12 +131,14 @@ def load_study(path: str | pathlib.Path, preset: str) -> Study:
 
 
 def run_state(directory: pathlib.Path, config: Optional[TrainConfig] = None) -> str:
-  """``done``, ``changed``, ``failed``, ``started`` or ``pending``, from the run directory
+  """``done``, ``changed``, ``failed``, ``running``, ``started`` or ``pending``, from the run directory
   alone; ``changed`` (only with ``config``) when what it saved was configured otherwise."""
   if (directory / "results.json").is_file():
     return "changed" if config is not None and config_changes(directory, config) else "done"
   if (directory / "error.json").is_file():
     return "failed"
+  if held_by(directory):
+    return "running"
   last = directory / "checkpoints" / "last"
   if last.is_dir() and any(p.name.isdigit() for p in last.iterdir()):
     return "changed" if config is not None and config_changes(directory, config) else "started"
@@ -165,23 +174,24 @@ def status(study: Study, root: pathlib.Path) -> dict[tuple[str, str, str], dict[
 def status_lines(study: Study, root: pathlib.Path) -> list[str]:
   """A table of the grid's state per cell, the failed runs' error lines and the changed
   runs' first differences."""
-  lines = ["| dataset | model | method | done | changed | started | failed | pending |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| dataset | model | method | done | changed | running | started | failed | pending |",
+           "|---|---|---|---|---|---|---|---|---|"]
   totals = dict.fromkeys(STATES, 0)
   errors, changed = [], []
   for cell, states in status(study, root).items():
     for state in STATES:
       totals[state] += len(states[state])
     lines.append(f"| {' | '.join(cell)} | " + " | ".join(
-        str(len(states[s])) for s in ("done", "changed", "started", "failed", "pending")) + " |")
+        str(len(states[s])) for s in ("done", "changed", "running", "started", "failed",
+                                      "pending")) + " |")
     runs = {r.seed: r for r in study.cells()[cell]}
     errors += [f"- {runs[seed]}: {read_error(runs[seed].directory(root))}"
                for seed in states["failed"]]
     changed += [f"- {runs[seed]}: {describe_changes(runs[seed], root)}"
                 for seed in states["changed"]]
   lines += ["", f"{study.name}: {totals['done']} done, {totals['changed']} changed, "
-            f"{totals['started']} started, {totals['failed']} failed, {totals['pending']} "
-            f"pending of {len(study.runs)} runs."]
+            f"{totals['running']} running, {totals['started']} started, {totals['failed']} "
+            f"failed, {totals['pending']} pending of {len(study.runs)} runs."]
   if errors:
     lines += ["", "Failed runs (last error line):", *errors]
   if changed:

@@ -23,7 +23,7 @@ import pathlib
 import time
 from typing import Callable, Optional
 
-from sam_jax.studies import grid
+from sam_jax.studies import executors, grid
 from sam_jax.train import loop, seeds
 from sam_jax.train.step import NonFiniteError
 from sam_jax.train.workdir_lock import WorkdirBusyError
@@ -63,46 +63,74 @@ def run_grid(study: grid.Study, root: str | pathlib.Path, *, vmap_seeds: bool = 
              retry_failed: bool = False, only: Optional[Callable[[grid.Run], bool]] = None,
              on_done: Callable[[grid.Run, pathlib.Path], None] = lambda run, directory: None,
              log: Callable[[str], None] = print, run_log: Callable[[str], None] = lambda m: None,
-             ) -> dict[str, int]:
-  """Runs what is not done yet; returns the count of runs per final state."""
+             executor: str = "local", resources: Optional[executors.Resources] = None,
+             wait: bool = True) -> dict[str, int]:
+  """Runs what is not done yet on ``executor``; returns the count of runs per state.
+
+  ``local`` trains here, one task after another; ``slurm`` submits the tasks as one
+  job array and, with ``wait``, follows them to the end; ``ray`` sends them to a Ray
+  cluster and follows them (see :mod:`sam_jax.studies.executors`).
+  """
   root = pathlib.Path(root)
+  if executor != "local":
+    executors.require(executor)  # a missing extra is named before anything happens
+  resources = resources or executors.read_resources(study.resources)
   runs = [r for r in study.runs if only is None or only(r)]
   grid.check_unchanged(runs, root)
-  states = {r: grid.run_state(r.directory(root)) for r in runs}
+  states = {r: grid.run_state(r.directory(root), r.config) for r in runs}
   progress = Progress(len(runs), sum(s == "done" for s in states.values()), log)
   log(f"{study.name}: {progress.done} of {len(runs)} runs done; results in {root}")
-  cells: dict = {}
-  for run in runs:
-    cells.setdefault(run.cell, []).append(run)
-  for cell_runs in cells.values():
-    todo = [r for r in cell_runs if states[r] in ("pending", "started")
-            or (retry_failed and states[r] == "failed")]
-    for run in todo:
-      (run.directory(root) / "error.json").unlink(missing_ok=True)
-    if vmap_seeds and len(todo) > 1 and _run_together(todo, root, run_log):
-      for run in todo:
+  running = [r for r in runs if states[r] == "running"]
+  if running:
+    log(f"{len(running)} runs are running elsewhere (their directories are locked); left to them")
+  todo = [r for r in runs if states[r] in ("pending", "started")
+          or (retry_failed and states[r] == "failed")]
+  tasks = executors.tasks_of(todo, vmap_seeds)
+
+  def finished(task_runs: list[grid.Run], outcomes: dict[str, str]) -> None:
+    for run in task_runs:
+      outcome = outcomes.get(str(run), "?")
+      if outcome == "done":
         on_done(run, run.directory(root))
-      progress.advance(f"{todo[0].dataset} {todo[0].model} {todo[0].method} seeds "
-                       f"{[r.seed for r in todo]}: " + _summary(todo, root), len(todo))
-      continue
-    for run in todo:
-      directory = run.directory(root)
-      try:
-        loop.train_and_evaluate(run.config, directory, resume=True, log=run_log)
-      except WorkdirBusyError as error:  # another process (grid, job) is running it
-        log(f"{run}: skipped, {error}")
-        continue
-      except RUN_ERRORS as error:
-        _record_error(directory, error)
-        progress.advance(f"{run}: FAILED {type(error).__name__}: {error}".splitlines()[0])
-        continue
-      on_done(run, directory)
-      progress.advance(f"{run}: {_summary([run], root)}")
+        progress.advance(f"{run}: {_summary([run], root)}")
+      elif outcome == "failed":
+        progress.advance(f"{run}: FAILED {grid.read_error(run.directory(root))}")
+      else:  # running elsewhere, changed meanwhile, or its job died: not counted
+        log(f"{run}: {outcome}")
+
+  if executor == "local":
+    for task_runs in tasks:
+      finished(task_runs, executors.execute_task(task_runs, root, vmap_seeds=vmap_seeds,
+                                                 retry_failed=retry_failed, run_log=run_log))
+  elif executor == "slurm" and tasks:
+    # Jobs start elsewhere (another node, another working directory): absolute paths.
+    jobs = executors.submit_slurm(tasks, root.resolve(), resources, name=study.name,
+                                  vmap_seeds=vmap_seeds, retry_failed=retry_failed)
+    log(executors.describe_jobs(jobs, root))
+    if wait:
+      executors.wait_slurm(jobs, tasks, finished)
+  elif executor == "ray" and tasks:
+    executors.run_ray(tasks, root.resolve(), resources, vmap_seeds=vmap_seeds, retry_failed=retry_failed,
+                      on_task=finished)
   final = grid.status(study, root)
   return {state: sum(len(s[state]) for s in final.values()) for state in grid.STATES}
 
 
-def _run_together(todo: list[grid.Run], root: pathlib.Path, run_log) -> bool:
+def run_alone(run: grid.Run, root: pathlib.Path, run_log) -> str:
+  """Trains (or resumes) one run; ``done``, ``failed`` (error.json written) or ``running``."""
+  directory = run.directory(root)
+  try:
+    loop.train_and_evaluate(run.config, directory, resume=True, log=run_log)
+  except WorkdirBusyError as error:  # another process (grid, job) is running it
+    run_log(f"{run}: skipped, {error}")
+    return "running"
+  except RUN_ERRORS as error:
+    _record_error(directory, error)
+    return "failed"
+  return "done"
+
+
+def run_together(todo: list[grid.Run], root: pathlib.Path, run_log) -> bool:
   """Trains the cell's pending seeds in one vmapped program; False if they cannot be."""
   config = todo[0].config
   try:

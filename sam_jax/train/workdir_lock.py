@@ -125,6 +125,31 @@ class WorkdirLock:
       self.release()
 
 
+def held_by(workdir: str | pathlib.Path) -> Optional[dict]:
+  """The holder (pid, host, start) of ``workdir``'s lock if a live process holds it now.
+
+  Only a lock file with a holder written in it is probed (a run writes itself in
+  after taking the lock, and clears it on release), so asking never gets in the
+  way of a run that is starting.
+  """
+  path = pathlib.Path(workdir) / LOCK_NAME
+  if fcntl is None or not path.is_file():
+    return None
+  try:
+    with open(path, "a+") as handle:
+      holder = _read(handle)
+      if not holder:
+        return None
+      try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        return holder
+      fcntl.flock(handle.fileno(), fcntl.LOCK_UN)  # its holder died: nobody runs it
+      return None
+  except OSError:
+    return None
+
+
 def _read(handle) -> Optional[dict]:
   handle.seek(0)
   text = handle.read().strip()

@@ -52,12 +52,12 @@ def finished(tiny_npz, tmp_path_factory):
 
 def test_grid_runs_everything_and_records_failures(finished):
   study, root, counts, done = finished
-  assert counts == {"done": 4, "changed": 0, "failed": 2, "started": 0, "pending": 0}
+  assert counts == {"done": 4, "changed": 0, "failed": 2, "running": 0, "started": 0, "pending": 0}
   assert len(done) == 4
   error = studies.grid.read_error(study.runs[-1].directory(root))
   assert error.startswith("ValueError: batch size 4096 is larger")
   lines = "\n".join(studies.status_lines(study, root))
-  assert "4 done, 0 changed, 0 started, 2 failed, 0 pending of 6 runs" in lines and "batch size 4096" in lines
+  assert "4 done, 0 changed, 0 running, 0 started, 2 failed, 0 pending of 6 runs" in lines and "batch size 4096" in lines
 
 
 def test_a_second_run_of_the_grid_runs_nothing(finished):
@@ -99,7 +99,7 @@ def test_runs_made_with_other_settings_are_changed_never_done(finished, tmp_path
   assert studies.run_state(sam.directory(root), next(
       r for r in study.runs if r.method == "sam").config.replace(eval_batch_size=7)) == "done"
   lines = "\n".join(studies.status_lines(edited, root))
-  assert "2 done, 2 changed, 0 started, 2 failed" in lines
+  assert "2 done, 2 changed, 0 running, 0 started, 2 failed" in lines
   assert "learning_rate (run: 0.001, study: 0.01)" in lines
   before = {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
   with pytest.raises(ValueError, match=r"2 runs under .* were made with other settings"):
@@ -159,7 +159,7 @@ def test_grid_cli_status_and_bad_study_file(tmp_path, capsys):
   assert "must define get_study" in capsys.readouterr().err
   study = ROOT / "experiments" / "studies" / "gcsam_busi.py"
   assert cli.main(["grid", "status", str(study), "--workdir", str(tmp_path / "r")]) == 0
-  assert "0 done, 0 changed, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
+  assert "0 done, 0 changed, 0 running, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, preset, runs", [
