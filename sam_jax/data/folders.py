@@ -35,6 +35,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from sam_jax.data import dataset as ds
+from sam_jax.errors import one_line
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -134,8 +135,7 @@ class _Source:
         self._zip = zipfile.ZipFile(path)
       except Exception as error:  # BadZipFile, OSError, EOFError, struct.error, ...
         raise ds.CorruptDatasetError(
-            f"{path} is neither a folder nor a readable zip: {type(error).__name__}: "
-            f"{error}".splitlines()[0][:300]) from None
+            f"{path} is neither a folder nor a readable zip: {one_line(error)}") from None
       files = (n for n in self._zip.namelist() if not n.endswith("/"))
       empty_dirs = [n.rstrip("/") for n in self._zip.namelist() if n.endswith("/")]
     self.files = sorted(f for f in files if not _hidden(f))
@@ -149,7 +149,7 @@ class _Source:
       return self._zip.read(name)
     except Exception as error:  # a damaged entry: bad CRC, zlib, truncation, ...
       raise ds.CorruptDatasetError(f"{self.path}: entry {name} cannot be read: "
-                                   f"{type(error).__name__}: {error}".splitlines()[0][:300]) from None
+                                   f"{one_line(error)}") from None
 
   def directories(self) -> set[str]:
     dirs = {""}
@@ -316,8 +316,7 @@ def decode_image(data: bytes, name: str, mode: str, size: Optional[int],
   except (UnidentifiedImageError, OSError, ValueError) as error:
     raise ds.ImageReadError(f"cannot decode image {name}: {error}") from error
   except Exception as error:  # PIL's decoders raise SyntaxError, struct.error, ... on damage
-    raise ds.ImageReadError(f"cannot decode image {name}: {type(error).__name__}: "
-                            f"{error}".splitlines()[0][:300]) from error
+    raise ds.ImageReadError(f"cannot decode image {name}: {one_line(error)}") from error
   if array.ndim == 2:
     array = array[..., None]
   return array

@@ -27,6 +27,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from sam_jax.data import dataset as ds
+from sam_jax.errors import one_line
 
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
 SPLITS = ("train", "val", "test")
@@ -280,7 +281,7 @@ def load(
     raise ds.CorruptDatasetError(f"{path}: an array does not fit in memory.") from None
   except Exception as error:  # zipfile, zlib, struct, numpy: a damaged file raises any of them
     raise ds.CorruptDatasetError(f"{path} cannot be read as an .npz archive: "
-                                 f"{type(error).__name__}: {error}".splitlines()[0][:300]) from None
+                                 f"{one_line(error)}") from None
 
   spatial_dims = entry.spatial_dims if entry else _guess_spatial_dims(arrays["train_images"])
   splits = {}

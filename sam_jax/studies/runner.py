@@ -23,6 +23,7 @@ import pathlib
 import time
 from typing import Callable, Optional
 
+from sam_jax.errors import one_line
 from sam_jax.studies import executors, grid
 from sam_jax.train import loop, seeds
 from sam_jax.train.step import NonFiniteError
@@ -34,7 +35,7 @@ RUN_ERRORS = (ValueError, FileNotFoundError, NonFiniteError)
 def _record_error(directory: pathlib.Path, error: Exception) -> None:
   directory.mkdir(parents=True, exist_ok=True)
   (directory / "error.json").write_text(json.dumps(
-      {"error": f"{type(error).__name__}: {error}".splitlines()[0], "type": type(error).__name__},
+      {"error": one_line(error), "type": type(error).__name__},
       indent=2))
 
 

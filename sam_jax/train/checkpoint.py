@@ -25,6 +25,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from sam_jax.errors import one_line
+
 
 class DamagedCheckpointError(ValueError):
   """Every checkpoint of a kind failed to restore; the message names each and why."""
@@ -91,7 +93,7 @@ class Checkpointer:
       try:
         state, meta = self.restore(abstract_state, which, step)
       except Exception as error:  # orbax/tensorstore raise many kinds for damaged files
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        reason = one_line(error)
         failures.append(f"{self.directory / which / str(step)} ({reason})")
         damaged.append(step)
         log(f"warning: skipping checkpoint {self.directory / which / str(step)}, which does not "

@@ -26,6 +26,7 @@ import runpy
 from typing import Any, Optional, Sequence, Union
 
 from sam_jax import data as data_lib
+from sam_jax.errors import one_line
 
 PRESETS = ("medmnist", "cpu")
 TUPLE_FIELDS = ("milestones", "split_ratios")
@@ -244,7 +245,7 @@ def describe_file_error(error: Exception, path: pathlib.Path) -> str:
   if isinstance(error, SyntaxError) and error.lineno:
     lines.append(error.lineno)
   where = f" (line {lines[-1]})" if lines else ""
-  return f"{type(error).__name__}: {error}".splitlines()[0] + where
+  return one_line(error) + where
 
 
 # Fields that do not change what a run computes: where the data is read from,

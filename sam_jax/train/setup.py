@@ -21,6 +21,7 @@ from sam_jax import data as data_lib
 from sam_jax.data import augment as augment_lib
 from sam_jax.data import batches as batches_lib
 from sam_jax.data import dataset as ds
+from sam_jax.errors import one_line
 from sam_jax.train import config as config_lib
 from sam_jax.train import objectives, parallel
 from sam_jax.train.checkpoint import Checkpointer
@@ -285,7 +286,7 @@ def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str 
     try:
       state, meta = checkpointer.restore(template, which)
     except Exception as error:  # orbax raises many kinds: damaged files, other shapes
-      reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+      reason = one_line(error)
       raise ValueError(f"the {which} checkpoint {workdir / 'checkpoints' / which / str(step)} does "
                        f"not restore for {dataset.name} ({dataset.num_classes} classes, images "
                        f"{dataset.image_shape}): it is damaged or from other data ({reason}).") \
