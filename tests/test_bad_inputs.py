@@ -17,15 +17,13 @@ import os
 import pathlib
 import re
 import shutil
-import zipfile
 from typing import Callable, Optional
 
 import numpy as np
 import pytest
 
 from sam_jax import cli
-from sam_jax.train import config as config_lib
-from sam_jax.train import loop, records
+from sam_jax.train import records
 from sam_jax.train.workdir_lock import WorkdirLock
 from tests.data.synthetic import png_bytes, random_image, write_medmnist_npz, write_tree
 from tests.data.test_folders import bomb_png
@@ -194,6 +192,27 @@ CASES = [
     Case("2D model on 3D volumes", lambda t, s: train(
         t, dataset=write_medmnist_npz(t / "vol.npz", spatial=(8, 8, 8), counts=(40, 8, 8))),
          r"model 'resnet18' takes 2D images but vol has 3D volumes"),
+    Case("3D model on 2D images", lambda t, s: train(t, "--model", "resnet18_3d", shared=s),
+         r"takes 3D volumes but tiny has 2D images"),
+    Case("unknown loss", lambda t, s: train(t, "--loss", "hinge", shared=s),
+         r"unknown loss 'hinge'; known: ce,"),
+    Case("AUC-margin loss with an optimizer other than PESG",
+         lambda t, s: train(t, "--loss", "aucm", "--optimizer", "soap", shared=s),
+         r"only PESG updates; use --optimizer pesg"),
+    Case("PESG on a loss other than AUC-margin",
+         lambda t, s: train(t, "--loss", "ap", "--optimizer", "pesg", shared=s),
+         r"pesg optimizes the AUC-margin loss"),
+    Case("SAM on the AUC-margin loss with a base other than PESG", lambda t, s: train(
+        t, "--loss", "aucm", "--optimizer", "sam", "--base-optimizer", "adam", shared=s),
+         r"--base-optimizer pesg\), not 'adam'"),
+    Case("dual sampler rate outside (0, 1)",
+         lambda t, s: train(t, "--sampler", "dual", "--sampling-rate", "1.5", shared=s),
+         r"sampling_rate must be in \(0, 1\)"),
+    Case("PESG's momentum convention on Adam",
+         lambda t, s: train(t, "--momentum-convention", "libauc", shared=s),
+         r"is PESG's option; 'adam' uses heavy-ball"),
+    Case("a DAM option on Adam", lambda t, s: train(t, "--dam-mode", "adam", shared=s),
+         r"dam_mode applies to pesg, soap, sopa, sopa_s, not 'adam'"),
     Case("split ratios that do not sum to 1",
          lambda t, s: train(t, "--split-ratios", "0.5", "0.5", "0.5", dataset=folder(t)),
          r"split_ratios are the train, val and test fractions"),

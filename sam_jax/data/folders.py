@@ -67,6 +67,10 @@ class FolderSpec:
   how_to_get: str = ""
   locations: tuple[str, ...] = ()
 
+  def skip_patterns(self) -> list[re.Pattern]:
+    # re caches compiled patterns, so calling this per use costs nothing.
+    return [re.compile(p, re.IGNORECASE) for p in self.skip]
+
 
 _BUSI_HOW = ("BUSI (Al-Dhabyani et al., Data in Brief 2020): "
              "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset (or its Kaggle mirror "
@@ -201,7 +205,7 @@ def _class_root(source: _Source, spec: FolderSpec) -> tuple[str, dict[str, tuple
         f"{spec.name}: class folders {sorted(needed)} not found in {source.path}; "
         f"top-level entries: {sorted(children.get('', set()))[:10]}. {spec.how_to_get}".strip()
     )
-  skip = [re.compile(p, re.IGNORECASE) for p in spec.skip]
+  skip = spec.skip_patterns()
   single = None
   for d in by_depth:
     prefix = f"{d}/" if d else ""
@@ -406,7 +410,7 @@ def load_folder(
       raise ValueError(f"{spec.name}: {src.path} comes split into {sorted(layout.values())} "
                        "folders; a split_file cannot re-split it.")
     class_folders = _classes_of_layout(src, root, layout, spec)
-  skip = [re.compile(p, re.IGNORECASE) for p in spec.skip]
+  skip = spec.skip_patterns()
 
   paths: list[str] = []
   classes: list[str] = []

@@ -141,34 +141,6 @@ def test_config_files_and_overrides(tiny_npz, tmp_path):
   assert (preset.model, preset.batch_size, preset.learning_rate) == ("resnet18_3d", 32, 1e-3)
 
 
-@pytest.mark.parametrize(
-    "extra,message",
-    [
-        (["--optimizer", "sammy"], "unknown optimizer 'sammy'; known: sgd, adam, adamw, pesg, soap, sopa, sopa_s, sam"),
-        (["--loss", "aucm", "--optimizer", "soap"], "only PESG updates; use --optimizer pesg"),
-        (["--loss", "ap", "--optimizer", "pesg"], "pesg optimizes the AUC-margin loss"),
-        (["--loss", "aucm", "--optimizer", "sam", "--base-optimizer", "adam"],
-         "--base-optimizer pesg), not 'adam'"),
-        (["--loss", "hinge"], "unknown loss 'hinge'; known: ce,"),
-        (["--sampler", "dual", "--sampling-rate", "1.5"], "sampling_rate must be in (0, 1)"),
-        (["--momentum-convention", "libauc"], "is PESG's option; 'adam' uses heavy-ball"),
-        (["--dam-mode", "adam"], "dam_mode applies to pesg, soap, sopa, sopa_s, not 'adam'"),
-        (["--init-from", "/nonexistent/run"], "is not a run directory (no config.json)"),
-        (["--model", "resnet19"], "unknown model 'resnet19'; known models:"),
-        (["--dataset", "breastmnsit", "--data-dir", "."], "unknown dataset 'breastmnsit'; known:"),
-        (["--optimizer", "sam", "--rho", "-0.1"], "rho must be >= 0.0"),
-        (["--optimizer", "sam", "--eta", "0.1"], "sam takes no 'eta'"),
-        (["--batch-size", "500"], "batch size 500 is larger than the 96 training examples"),
-        (["--model", "resnet18_3d"], "takes 3D volumes but tiny has 2D images"),
-        (["--parallel", "tpu"], "parallel must be one of"),
-    ],
-)
-def test_bad_options_fail_with_a_clear_message(tiny_npz, tmp_path, capsys, extra, message):
-  args = ["train", "--dataset", tiny_npz, *TINY, "--workdir", str(tmp_path), *extra]
-  assert cli.main(args) == 2
-  assert message in capsys.readouterr().err
-
-
 def test_non_finite_training_stops_and_names_the_step(tiny_npz, tmp_path, capsys):
   args = ["train", "--dataset", tiny_npz, *TINY, "--workdir", str(tmp_path), "--optimizer", "sgd",
           "--momentum", "0", "--learning-rate", "1e30", "--epochs", "2"]
