@@ -7,6 +7,7 @@ mid-run must resume to the same final parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -95,11 +96,15 @@ def test_submitit_local_cluster_runs_the_grid_like_the_local_executor(local_grid
 def test_a_cancelled_job_resumes_to_the_same_final_parameters(tiny_npz, tmp_path):
   """The job is cancelled (SIGINT, as scancel) after its first checkpoints; the next
   submission resumes the run from them to the parameters of an uninterrupted run."""
-  study = tiny_study(tiny_npz, epochs=6, checkpoint_every_steps=1)
+  # 60 steps, a resume point every 5, so that the cancel lands long before the end.
+  study = tiny_study(tiny_npz, epochs=30, checkpoint_every_steps=5)
   run = study.runs[2]  # sam, seed 0: the two-pass step
   one = studies.Study("one", [run])
+  # The uninterrupted run saves only at its end (saving does not change what is computed).
+  whole = dataclasses.replace(run, config=run.config.replace(checkpoint_every_steps=None,
+                                                             checkpoint_every=100))
   whole_root = tmp_path / "whole"
-  studies.run_grid(one, whole_root, log=quiet)
+  studies.run_grid(studies.Study("whole", [whole]), whole_root, log=quiet)
   root = tmp_path / "cancelled"
   resources = executors.Resources(cpus=1, submitit_cluster="local")
   jobs = executors.submit_slurm([[run]], root.resolve(), resources, name="one",
@@ -117,7 +122,7 @@ def test_a_cancelled_job_resumes_to_the_same_final_parameters(tiny_npz, tmp_path
   assert counts["done"] == 1
   (resumed, resumed_step), (whole, whole_step) = (final_params(run, root),
                                                   final_params(run, whole_root))
-  assert resumed_step == whole_step == 12
+  assert resumed_step == whole_step == 60
   for a, b in zip(resumed, whole):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
