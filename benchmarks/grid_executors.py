@@ -26,15 +26,18 @@ from sam_jax.studies import executors
 from sam_jax.train import config as config_lib
 
 
-def tiny_study(npz: str) -> studies.Study:
+def tiny_study(npz: str, **changes) -> studies.Study:
+  """Adam and SAM × seeds 0 and 1 on ``npz`` (``changes`` go into every run's config);
+  also the grid of ``tests/studies/test_executors.py``."""
   methods = {"adam": {}, "sam": dict(optimizer="sam", base_optimizer="adam", rho=0.05)}
 
   def configure(dataset, model, method):
-    return config_lib.TrainConfig(dataset=npz, model=model, width=0.0625, batch_size=32,
-                                  eval_batch_size=64, epochs=2, progress=False,
-                                  **methods[method])
+    fields = dict(dataset=npz, model=model, width=0.0625, batch_size=32, eval_batch_size=64,
+                  epochs=2, progress=False)
+    return config_lib.TrainConfig(**{**fields, **methods[method], **changes})
   return studies.Study("tiny", studies.expand(
-      [studies.Block(["tiny"], ["resnet18"], list(methods))], (0, 1), configure))
+      [studies.Block(["tiny"], ["resnet18"], list(methods))], (0, 1), configure),
+      baselines={"sam": "adam"}, description="a 4-run grid of tiny models")
 
 
 def test_metrics(study: studies.Study, root: pathlib.Path) -> dict[str, dict]:

@@ -139,16 +139,16 @@ def _commit_run(directory: pathlib.Path, message: str, attempts: int = 5) -> Opt
   names = ("config.json", "metrics.jsonl", "results.json", "curves.png", "error.json")
   paths = [str(directory / n) for n in names if (directory / n).exists()]
   for attempt in range(attempts):
-    add = subprocess.run(["git", "add", "--", *paths], capture_output=True, text=True)
-    done = add.returncode == 0 and subprocess.run(
-        ["git", "commit", "-q", "-m", message, "--", *paths], capture_output=True, text=True)
-    if done and done.returncode == 0:
+    result = subprocess.run(["git", "add", "--", *paths], capture_output=True, text=True)
+    if result.returncode == 0:
+      result = subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths],
+                              capture_output=True, text=True)
+    if result.returncode == 0:
       return None
-    failed = done if done else add
     if attempt + 1 < attempts:
       time.sleep(2.0 * (attempt + 1))
-  return (failed.stderr or failed.stdout).strip().splitlines()[0] if (
-      failed.stderr or failed.stdout).strip() else f"git exited {failed.returncode}"
+  text = (result.stderr or result.stdout).strip()
+  return text.splitlines()[0] if text else f"git exited {result.returncode}"
 
 
 def grid_command(args: argparse.Namespace) -> int:

@@ -194,7 +194,8 @@ def slurm_parameters(resources: Resources, name: str) -> dict[str, Any]:
 
 def wait_slurm(jobs: list, tasks: list[list[grid.Run]], on_task: Callable, poll_s: float = 5.0
                ) -> None:
-  """Calls ``on_task(runs, outcomes)`` as each job ends (outcomes None if the job failed)."""
+  """Calls ``on_task(runs, outcomes)`` as each job ends (a job that died gives each of its
+  runs the outcome ``job <id> ended: <error>``)."""
   pending = dict(enumerate(jobs))
   while pending:
     for i in [i for i, job in pending.items() if job.done()]:
@@ -250,7 +251,7 @@ def _cpu_count() -> int:
 
 
 def read_resources(values: dict[str, Any]) -> Resources:
-  """:class:`Resources` from a study's ``resources`` mapping or ``--resource`` options."""
+  """:class:`Resources` from a study's ``resources`` mapping (with the command line's on top)."""
   known = {f.name for f in dataclasses.fields(Resources)}
   unknown = set(values) - known
   if unknown:

@@ -178,13 +178,14 @@ def status_lines(study: Study, root: pathlib.Path) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|"]
   totals = dict.fromkeys(STATES, 0)
   errors, changed = [], []
+  cells = study.cells()
   for cell, states in status(study, root).items():
     for state in STATES:
       totals[state] += len(states[state])
     lines.append(f"| {' | '.join(cell)} | " + " | ".join(
         str(len(states[s])) for s in ("done", "changed", "running", "started", "failed",
                                       "pending")) + " |")
-    runs = {r.seed: r for r in study.cells()[cell]}
+    runs = {r.seed: r for r in cells[cell]}
     errors += [f"- {runs[seed]}: {read_error(runs[seed].directory(root))}"
                for seed in states["failed"]]
     changed += [f"- {runs[seed]}: {describe_changes(runs[seed], root)}"
@@ -205,9 +206,10 @@ def describe_changes(run: Run, root: pathlib.Path) -> str:
                                          now="study", limit=3)
 
 
-def check_unchanged(runs: Sequence[Run], root: pathlib.Path) -> None:
-  """Refuses a grid whose finished or started runs were made with other settings."""
-  changed = [r for r in runs if run_state(r.directory(root), r.config) == "changed"]
+def check_unchanged(states: dict[Run, str], root: pathlib.Path) -> None:
+  """Refuses a grid whose finished or started runs were made with other settings
+  (``states``: each run's :func:`run_state` with its config)."""
+  changed = [run for run, state in states.items() if state == "changed"]
   if changed:
     first = changed[0]
     raise ValueError(

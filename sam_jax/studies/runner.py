@@ -77,8 +77,8 @@ def run_grid(study: grid.Study, root: str | pathlib.Path, *, vmap_seeds: bool = 
     executors.require(executor)  # a missing extra is named before anything happens
   resources = resources or executors.read_resources(study.resources)
   runs = [r for r in study.runs if only is None or only(r)]
-  grid.check_unchanged(runs, root)
   states = {r: grid.run_state(r.directory(root), r.config) for r in runs}
+  grid.check_unchanged(states, root)
   progress = Progress(len(runs), sum(s == "done" for s in states.values()), log)
   log(f"{study.name}: {progress.done} of {len(runs)} runs done; results in {root}")
   running = [r for r in runs if states[r] == "running"]

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.grid_executors import tiny_study
 from sam_jax import cli, studies
 from sam_jax.studies import executors
-from sam_jax.train import config as config_lib
 from sam_jax.train import setup
 from sam_jax.train.workdir_lock import WorkdirLock, held_by
 from tests.data.synthetic import write_medmnist_npz
@@ -32,18 +32,6 @@ from tests.data.synthetic import write_medmnist_npz
 def tiny_npz(tmp_path_factory):
   return str(write_medmnist_npz(tmp_path_factory.mktemp("data") / "tiny.npz",
                                 counts=(64, 32, 32), seed=4))
-
-
-def tiny_study(npz: str, **changes) -> studies.Study:
-  methods = {"adam": {}, "sam": dict(optimizer="sam", base_optimizer="adam", rho=0.05)}
-
-  def configure(dataset, model, method):
-    fields = dict(dataset=npz, model=model, width=0.0625, batch_size=32, eval_batch_size=64,
-                  epochs=2, progress=False)
-    return config_lib.TrainConfig(**{**fields, **methods[method], **changes})
-  return studies.Study("tiny", studies.expand(
-      [studies.Block(["tiny"], ["resnet18"], list(methods))], (0, 1), configure),
-      baselines={"sam": "adam"}, description="a test grid")
 
 
 def table(study: studies.Study, root: pathlib.Path, out: pathlib.Path) -> str:
@@ -189,7 +177,7 @@ def test_slurm_job_array_parameters_without_a_cluster(tiny_npz, tmp_path, monkey
 def write_study(tmp_path: pathlib.Path, npz: str) -> pathlib.Path:
   path = tmp_path / "study.py"
   path.write_text(f'''
-from tests.studies.test_executors import tiny_study
+from benchmarks.grid_executors import tiny_study
 def get_study(preset):
   study = tiny_study({npz!r})
   study.resources.update(cpus=4, gpus=1, mem_gb=16, time_min=90, partition="gpu")
