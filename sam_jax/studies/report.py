@@ -25,7 +25,7 @@ METRICS = (("auc", "test AUC"), ("acc", "test ACC"), ("f1_macro", "F1 (macro)"),
            ("balanced_acc", "bal. ACC"))
 # Fields that do not make two runs different methods.
 NOT_A_METHOD = ("seed", "progress", "data_dir", "download", "checkpoint_every",
-                "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size")
+                "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "memory_check")
 
 
 def load_run(directory: str | pathlib.Path) -> Optional[dict]:
@@ -144,7 +144,12 @@ def study_report(study: grid.Study, root: pathlib.Path, preset: str) -> str:
   status = grid.status(study, root)
   done = sum(len(s["done"]) for s in status.values())
   changed = sum(len(s["changed"]) for s in status.values())
-  lines += [f"{done} of {len(study.runs)} runs finished."
+  # A vmapped program's seeds each record the program's time: count it once.
+  run_hours = sum(run["results"].get("wall_seconds", 0.0) / run["results"].get("vmapped_seeds", 1)
+                  for methods in groups.values() for seeds in methods.values()
+                  for run in seeds.values()) / 3600
+  lines += [f"{done} of {len(study.runs)} runs finished, in {run_hours:.2f} hours of run time "
+            "(the sum of the runs' own wall-clock times)."
             + (f" {changed} runs made with other settings than the study now gives are left "
                "out (`sam-jax grid status` lists them)." if changed else ""), ""]
   for (dataset, model), methods in groups.items():
