@@ -25,7 +25,7 @@ toy-demo: $(STAMP)
 	$(PY) -m experiments.toy_demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS) --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check

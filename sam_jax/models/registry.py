@@ -28,6 +28,10 @@ MODELS: dict[str, ModelEntry] = {
     "resnet34": ModelEntry(functools.partial(ResNet34, dim=2), 2, "ResNet-34 (2D)"),
     "resnet50": ModelEntry(functools.partial(ResNet50, dim=2), 2, "ResNet-50 (2D)"),
     "resnet18_3d": ModelEntry(functools.partial(ResNet18, dim=3), 3, "ResNet-18, Conv3D throughout"),
+    "resnet18_2.5d": ModelEntry(functools.partial(ResNet18, dim=3, volume_conv="2.5d"), 3,
+                                "ResNet-18, 2-D kernels on every axial slice (MedMNIST 2.5D)"),
+    "resnet18_acs": ModelEntry(functools.partial(ResNet18, dim=3, volume_conv="acs"), 3,
+                               "ResNet-18, ACS convolutions (MedMNIST ACS)"),
     "resnet50_3d": ModelEntry(functools.partial(ResNet50, dim=3), 3, "ResNet-50, Conv3D throughout"),
     "vgg16_bn": ModelEntry(VGG16BN, 2, "VGG-16 with BatchNorm"),
     **{

@@ -7,9 +7,15 @@ One module covers the variants the studies use:
 * ``stem="imagenet"``: 7x7 stride-2 convolution and 3x3 stride-2 max-pool,
   torchvision's layout; at 224 px and 1000 classes the parameter counts are
   torchvision's (ResNet-18 11,689,512; ResNet-50 25,557,032).
-* ``dim=3``: every convolution and pooling is 3-D (kernels 3x3x3, the stem
-  7x7x7), for 28^3 and 64^3 volumes. (MedMNIST's "ResNet-18 + 3D" converts a
-  2D ResNet with the same Conv3d shapes.)
+* ``dim=3``: every convolution and pooling is 3-D, for 28^3 and 64^3 volumes.
+  ``volume_conv`` chooses how each ``k x k`` convolution becomes 3-D, the three
+  ways of the MedMNIST v2 3-D benchmark (which converts a 2-D ResNet with
+  ACSConv's converters): ``"3d"`` (``k^3`` kernels), ``"2.5d"`` (``1 x k x k``)
+  or ``"acs"`` (a 2-D kernel split over the axial, coronal and sagittal
+  planes); see :class:`sam_jax.models.conv3d.Conv3D`. ``conv_impl`` chooses how
+  3-D convolutions are computed (``"auto"``: 2-D convolutions with depth
+  folded into the batch on CPUs, XLA's 3-D convolution elsewhere); every
+  choice gives the same parameters and results.
 * ``width``: a multiplier on every stage's channels (64, 128, 256, 512 at
   1.0), so that tests and CPU runs can use narrow versions.
 * ``dtype``: computation dtype (e.g. ``jnp.bfloat16``); parameters stay in
@@ -25,6 +31,8 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from sam_jax.models.conv3d import Conv3D
 
 ModuleDef = Any
 
@@ -98,6 +106,9 @@ class ResNet(nn.Module):
     dtype: computation dtype; ``param_dtype`` is the parameters'.
     bn_momentum: running-statistics momentum in Flax's convention
       (``new = momentum·old + (1 − momentum)·batch``); 0.9 is PyTorch's 0.1.
+    volume_conv: with ``dim=3``, ``"3d"``, ``"2.5d"`` or ``"acs"``.
+    conv_impl: with ``dim=3``, how convolutions are computed (``"auto"``,
+      ``"xla"``, ``"depth_sum"``, ``"depth_concat"``); results do not depend on it.
   """
 
   stage_sizes: Sequence[int]
@@ -109,6 +120,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   bn_momentum: float = 0.9
+  volume_conv: str = "3d"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -121,8 +134,12 @@ class ResNet(nn.Module):
       )
     if self.stem not in ("cifar", "imagenet"):
       raise ValueError(f"ResNet: stem must be 'cifar' or 'imagenet', got {self.stem!r}.")
+    if self.dim == 2 and self.volume_conv != "3d":
+      raise ValueError(f"ResNet: volume_conv={self.volume_conv!r} is for volumes (dim=3).")
+    conv_module = nn.Conv if self.dim == 2 else functools.partial(
+        Conv3D, way=self.volume_conv, impl=self.conv_impl)
     conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        conv_module, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
     )
     norm = functools.partial(

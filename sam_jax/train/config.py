@@ -108,7 +108,8 @@ class TrainConfig:
   # Loop.
   epochs: int = 100                     # training epochs
   batch_size: int = 128                 # training batch (global: split across devices)
-  eval_batch_size: int = 256            # evaluation batch (lower it if evaluation runs out of memory)
+  eval_batch_size: int = 256            # largest evaluation batch; lowered to fit in memory
+  memory_check: bool = True             # compile the steps first; stop if training cannot fit
   seed: int = 0                         # initialization, data order and augmentation
   select_by: str = "auc"                # model selection on val "auc" or "loss"
   early_stopping: Optional[int] = None  # patience in epochs
@@ -250,7 +251,7 @@ def describe_file_error(error: Exception, path: pathlib.Path) -> str:
 
 # Fields that do not change what a run computes: where the data is read from,
 # how often it is saved, how evaluation is batched, what is shown.
-RECORD_FIELDS = ("progress", "eval_batch_size", "checkpoint_every", "checkpoint_every_steps",
+RECORD_FIELDS = ("progress", "eval_batch_size", "memory_check", "checkpoint_every", "checkpoint_every_steps",
                  "keep_checkpoints", "data_dir", "download", "tensorboard")
 # Fields a resumed run may change besides those: it may be trained for longer.
 RESUMABLE_CHANGES = RECORD_FIELDS + ("epochs", "max_steps")

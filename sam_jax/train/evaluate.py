@@ -38,7 +38,9 @@ def evaluate_checkpoint(
   eval_step = jax.jit(make_eval_step(run.apply_fn, loss_for_task(data.task), task=data.task,
                                      augment_fn=augment_fn))
   out = {"workdir": str(workdir), "checkpoint": which, "step": int(run.state.step),
-         "epoch": run.meta["epoch"], "dataset": data.name}
+         # A checkpoint saved before its epoch's evaluation has that epoch trained.
+         "epoch": run.meta["epoch"] + int(run.meta.get("pending_evaluation", False)),
+         "dataset": data.name}
   for split in splits:
     out[split] = evaluate_split(eval_step, run.state, data[split], data.task,
                                 config.eval_batch_size)

@@ -31,6 +31,7 @@ import jax
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
+from sam_jax.train import memory as memory_lib
 from sam_jax.train import parallel, setup, tensorboard
 from sam_jax.train import records as records_lib
 from sam_jax.train.checkpoint import Checkpointer
@@ -108,7 +109,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
     sums = EpochSums(**meta["sums"])
     selection = Selection.from_meta(meta, config.select_by, config.early_stopping)
     epoch_log.truncate(start_epoch)
-    log(f"resumed from step {int(state.step)} (epoch {start_epoch + 1}, batch {start_batch + 1})")
+    log(f"resumed from step {int(state.step)} (epoch {start_epoch + 1}, "
+        + ("its evaluation)" if meta.get("pending_evaluation") else f"batch {start_batch + 1})"))
   elif checkpointer.latest_step() is not None:
     checkpointer.close()
     raise FileExistsError(f"{workdir} already holds checkpoints: pass --resume to continue "
@@ -119,6 +121,23 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
 
   placement = parallel.place(build, config.parallel, config.m_sharpness)
   device_state = placement.to_device(state)
+  eval_batch_size = config.eval_batch_size
+  if config.memory_check:
+    # Compile both steps now and compare XLA's memory analysis with what the
+    # process has: a step that cannot fit stops here, in one line, instead of
+    # aborting later; the evaluation batch is lowered until it fits.
+    # The compiled train step is the one the run uses (every train batch has one
+    # shape), so the check compiles it once. So is the evaluation step on one
+    # device; with pmap or shard_map the evaluated state's sharding after a
+    # step is not the initial one, and the jitted step compiles it again.
+    first_batch = placement.place_batch(next(iter(setup.train_batches(config, train_split, 0))))
+    train_step, eval_batch_size, compiled_eval = memory_lib.check_run(
+        lambda: placement.step_fn.lower(device_state, first_batch, jax.random.key(0)),
+        memory_lib.eval_batch_lowering(eval_step, placement.to_host(device_state), dataset["val"]),
+        config.batch_size, config.eval_batch_size, log)
+    placement = placement._replace(step_fn=train_step)
+    if config.parallel == "none":
+      eval_step = compiled_eval
   param_paths = state.params
   progress = records_lib.progress_bars(config.progress)
   board = tensorboard.writer(config.tensorboard, workdir, lambda s: float(schedule(s)), config.rho)
@@ -152,11 +171,20 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       device_state, step = result.state, result.step
       first_step_s = first_step_s if first_step_s is not None else result.first_step_s
       train_seconds = time.perf_counter() - epoch_start
-      epoch_times.append(train_seconds / max(sums.steps - start_batch, 1))
+      if sums.steps > start_batch:  # not a resume that only had this epoch's evaluation left
+        epoch_times.append(train_seconds / (sums.steps - start_batch))
 
       host_state = placement.to_host(device_state)
+      done = epoch + 1 == config.epochs or result.stopped_at_max_steps
+      if (epoch + 1) % config.checkpoint_every == 0 or done:
+        # Saved before the evaluation, so that an evaluation that fails (out of
+        # memory, a killed process) does not lose the epoch's training. A run
+        # resumed from it starts at the end of this epoch: it evaluates, then
+        # goes on. The end-of-epoch save below then finds this step saved.
+        checkpointer.save(step, host_state, {**meta_for(epoch, steps_per_epoch, sums),
+                                             "pending_evaluation": True})
       evaluate = lambda split: evaluate_split(eval_step, host_state, dataset[split],
-                                              dataset.task, config.eval_batch_size)
+                                              dataset.task, eval_batch_size)
       record = records_lib.epoch_record(epoch + 1, step, float(schedule(max(step - 1, 0))), sums,
                                         evaluate("val"), evaluate("test"), train_seconds)
       improved = selection.update(record)
@@ -165,7 +193,6 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       board.epoch(record)
       log(records_lib.epoch_line(record, config.epochs, improved))
       sums, start_batch = EpochSums(), 0
-      done = epoch + 1 == config.epochs or result.stopped_at_max_steps
       stop = selection.should_stop
       checkpointer.save_epoch(step, host_state, meta_for(epoch + 1, 0, sums), best=improved,
                               last=(epoch + 1) % config.checkpoint_every == 0 or done or stop)

@@ -256,15 +256,21 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
     device_state, step = result.state, result.step
     first_step_s = first_step_s if first_step_s is not None else result.first_step_s
     train_seconds = time.perf_counter() - tick
-    epoch_times.append(train_seconds / max(runs[0].sums.steps - start_batch, 1))
+    if runs[0].sums.steps > start_batch:  # not a resume that only had the evaluation left
+      epoch_times.append(train_seconds / (runs[0].sums.steps - start_batch))
 
     host_states = unstack(device_state, n)
+    done = epoch + 1 == config.epochs or result.stopped_at_max_steps
+    due = (epoch + 1) % config.checkpoint_every == 0 or done
+    if due:  # before the evaluation, as train_and_evaluate does (see there)
+      for run, host in zip(runs, host_states):
+        if not run.stopped:
+          run.checkpointer.save(step, host, {**_meta(run, epoch, steps_per_epoch),
+                                             "pending_evaluation": True})
     val = evaluate_split_runs(eval_step, device_state, dataset["val"], dataset.task,
                               config.eval_batch_size, n)
     test = evaluate_split_runs(eval_step, device_state, dataset["test"], dataset.task,
                                config.eval_batch_size, n)
-    done = epoch + 1 == config.epochs or result.stopped_at_max_steps
-    due = (epoch + 1) % config.checkpoint_every == 0 or done
     lr = float(schedule(max(step - 1, 0)))
     check_workdirs()
     for run, host, run_val, run_test in zip(runs, host_states, val, test):

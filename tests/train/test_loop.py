@@ -83,6 +83,38 @@ def test_killed_run_resumes_to_the_same_result(tiny_npz, tmp_path):
   assert comparable(read_records(whole)) == comparable(read_records(broken))
 
 
+def test_a_failed_evaluation_keeps_the_epochs_training(tiny_npz, tmp_path, monkeypatch, capsys):
+  from sam_jax.train import loop
+
+  common = ["train", "--dataset", tiny_npz, *TINY, "--epochs", "2", "--seed", "2"]
+  whole, broken = tmp_path / "whole", tmp_path / "broken"
+  assert cli.main([*common, "--workdir", str(whole)]) == 0
+
+  real_evaluate, calls = loop.evaluate_split, []
+
+  def evaluate_failing_in_epoch_2(*args, **kwargs):  # calls: val, test per epoch
+    calls.append(1)
+    if len(calls) == 3:
+      raise MemoryError("simulated: the evaluation ran out of memory")
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "evaluate_split", evaluate_failing_in_epoch_2)
+  with pytest.raises(MemoryError):
+    cli.main([*common, "--workdir", str(broken)])
+  monkeypatch.setattr(loop, "evaluate_split", real_evaluate)
+  # Epoch 2 (steps 4-6) is on disk although its evaluation never finished.
+  assert (broken / "checkpoints" / "last" / "6").is_dir()
+  assert not (broken / "results.json").exists()
+  capsys.readouterr()
+
+  assert cli.main(["train", "--workdir", str(broken), "--resume"]) == 0
+  assert "resumed from step 6 (epoch 2, its evaluation)" in capsys.readouterr().out
+  a = json.loads((whole / "results.json").read_text())
+  b = json.loads((broken / "results.json").read_text())
+  assert a["val"] == b["val"] and a["test"] == b["test"] and a["steps"] == b["steps"] == 6
+  assert comparable(read_records(whole)) == comparable(read_records(broken))
+
+
 def test_existing_run_needs_resume(tiny_npz, tmp_path, capsys):
   args = ["train", "--dataset", tiny_npz, *TINY, "--epochs", "1", "--max-steps", "1",
           "--workdir", str(tmp_path)]
