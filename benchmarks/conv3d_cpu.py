@@ -57,6 +57,19 @@ def implementations(kernel: int) -> list[str]:
   return ["xla", "depth_sum", "depth_concat"] + (["matmul"] if kernel == 1 else [])
 
 
+def interleaved_medians(fns: dict, args: tuple, rounds: int) -> dict[str, float]:
+  """Median seconds of each jitted function after compiling, the functions taking turns."""
+  for fn in fns.values():
+    jax.block_until_ready(fn(*args))
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def time_layer(layer: dict, rounds: int) -> dict:
   b, sp, ci, co, k, s = (layer[key] for key in ("batch", "spatial", "cin", "cout", "kernel", "stride"))
   x = jax.random.normal(jax.random.key(0), (b, sp, sp, sp, ci))
@@ -66,17 +79,8 @@ def time_layer(layer: dict, rounds: int) -> dict:
   for impl in implementations(k):
     def loss(x, kernel, impl=impl):
       return jnp.sum(conv3d_lib.conv3d(x, kernel, (s,) * 3, padding, impl) ** 2)
-    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    jax.block_until_ready(fn(x, kernel))
-    fns[impl] = fn
-  times: dict[str, list[float]] = {impl: [] for impl in fns}
-  for _ in range(rounds):
-    for impl, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(x, kernel))
-      times[impl].append(time.perf_counter() - start)
-  medians = {impl: statistics.median(t) for impl, t in times.items()}
-  return {**layer, "seconds": medians,
+    fns[impl] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  return {**layer, "seconds": interleaved_medians(fns, (x, kernel), rounds),
           "auto": conv3d_lib.resolve_implementation("auto", (k, k, k))}
 
 
@@ -90,15 +94,7 @@ def time_parts(layer: dict, rounds: int, impl: str) -> dict:
   fns = {"forward": jax.jit(loss), "input gradient": jax.jit(jax.grad(loss, argnums=0)),
          "kernel gradient": jax.jit(jax.grad(loss, argnums=1)),
          "both gradients": jax.jit(jax.grad(loss, argnums=(0, 1)))}
-  for fn in fns.values():
-    jax.block_until_ready(fn(x, kernel))
-  times: dict[str, list[float]] = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(x, kernel))
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return interleaved_medians(fns, (x, kernel), rounds)
 
 
 def add_parts(config: dict, rounds: int) -> None:

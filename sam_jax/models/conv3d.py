@@ -212,16 +212,33 @@ class Conv3D(nn.Module):
     elif self.way == "2.5d":
       _, padding = _flat_axis(kernel_size, self.padding, 0)
       y = conv3d(x, kernel, strides, padding, self.impl, self.precision)
+    elif kernel_size == (1, 1, 1):  # the three parts are one 1x1x1 convolution
+      y = conv3d(x, kernel[None], strides, self.padding, self.impl, self.precision)
     else:
-      parts, start = [], 0
-      for axis, size in enumerate(_acs_split(self.features)):
-        if size == 0:
-          continue
-        part = jnp.expand_dims(kernel[..., start:start + size], axis)  # the flat axis
-        _, padding = _flat_axis(kernel_size, self.padding, axis)
-        parts.append(conv3d(x, part, strides, padding, self.impl, self.precision))
-        start += size
-      y = jnp.concatenate(parts, axis=-1)
+      y = self._acs(x, kernel, kernel_size, strides)
     if bias is not None:
       y = y + bias
     return y
+
+  def _acs(self, x, kernel, kernel_size, strides):
+    """The three ACS parts, concatenated (axial, coronal, sagittal)."""
+    impl = resolve_implementation(self.impl, (1, *kernel_size[1:]))
+    parts, start = [], 0
+    for axis, size in enumerate(_acs_split(self.features)):
+      if size == 0:
+        continue
+      part = kernel[..., start:start + size]
+      start += size
+      _, padding = _flat_axis(kernel_size, self.padding, axis)
+      if impl == "xla":
+        parts.append(conv3d(x, jnp.expand_dims(part, axis), strides, padding, impl, self.precision))
+        continue
+      # Folded forms: move the part's flat axis to depth, where a single tap is
+      # one 2-D convolution over (N·D, H, W); taps along depth would cost k_d.
+      order = [axis] + [a for a in range(3) if a != axis]
+      moved = jnp.transpose(x, (0, *(1 + a for a in order), 4))
+      moved_padding = padding if isinstance(padding, str) else [padding[a] for a in order]
+      y = conv3d(moved, part[None], [strides[a] for a in order], moved_padding, impl,
+                 self.precision)
+      parts.append(jnp.transpose(y, (0, *(1 + order.index(a) for a in range(3)), 4)))
+    return jnp.concatenate(parts, axis=-1)

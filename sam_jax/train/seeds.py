@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
+from sam_jax.train import memory as memory_lib
 from sam_jax.train import records as records_lib
 from sam_jax.train import setup
 from sam_jax.train.checkpoint import Checkpointer
@@ -156,9 +157,18 @@ def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
     start_epoch, start_batch = _start(runs, states, resume, log)
     for run in runs:
       records_lib.write_json(run.workdir / "config.json", run.config.to_dict())
+    device_state, placement, keys = stack(states), seeds_placement(build), jnp.stack(step_keys)
+    if config.memory_check:  # as train_and_evaluate does, for the N stacked models
+      first = stack([next(iter(setup.train_batches(c, train_split, 0))) for c in configs])
+      train_step, eval_batch_size, eval_step = memory_lib.check_run(
+          lambda: placement.step_fn.lower(device_state, first, keys),
+          memory_lib.eval_batch_lowering(eval_step, device_state, dataset["val"]),
+          config.batch_size * n, config.eval_batch_size, log)
+      placement = placement._replace(step_fn=train_step)
+      config = config.replace(eval_batch_size=eval_batch_size)
     first_step_s, epoch_times = _train(
-        config, runs, stack(states), seeds_placement(build), eval_step, dataset, schedule,
-        steps_per_epoch, jnp.stack(step_keys), start_epoch, start_batch, log, check_workdirs)
+        config, runs, device_state, placement, eval_step, dataset, schedule,
+        steps_per_epoch, keys, start_epoch, start_batch, log, check_workdirs)
   finally:
     for run in runs:
       run.checkpointer.close()

@@ -38,7 +38,8 @@ def table(study: studies.Study, root: pathlib.Path, out: pathlib.Path) -> str:
   """The report without what legitimately differs between executors: timings and paths."""
   text = studies.write_study_report(study, root, out / "report.md", "cpu").read_text()
   rows = [line.rsplit("|", 2)[0] if line.startswith("|") else line for line in text.splitlines()]
-  return "\n".join(rows).replace(str(root), "ROOT")
+  text = "\n".join(rows).replace(str(root), "ROOT")
+  return re.sub(r"in [0-9.]+ hours of run time", "in H hours of run time", text)
 
 
 def quiet(message):

@@ -100,7 +100,7 @@ def test_binary_auc_loss_on_multiclass_data_is_refused(tmp_path, capsys):
   assert "loss 'ap' needs a binary task, but three is multiclass" in capsys.readouterr().err
 
 
-def test_interrupted_ap_run_resumes_to_the_same_records(tiny_npz, tmp_path):
+def test_interrupted_ap_run_resumes_to_the_same_records(tiny_npz, tmp_path, monkeypatch):
   """AP buffers and the dual sampler's position survive a mid-epoch checkpoint."""
   config = config_lib.TrainConfig(
       dataset=tiny_npz, model="resnet18", width=0.0625, batch_size=32, eval_batch_size=64,
@@ -111,11 +111,17 @@ def test_interrupted_ap_run_resumes_to_the_same_records(tiny_npz, tmp_path):
   class Stop(Exception):
     pass
 
-  def stop_after_first_epoch(line):
-    raise Stop(line)
+  real_save = Checkpointer.save
 
-  with pytest.raises(Stop):  # dies after epoch 1's record, before its end-of-epoch checkpoint
-    loop.train_and_evaluate(config, tmp_path / "broken", log=stop_after_first_epoch)
+  def save_until_the_epoch_ends(self, step, *args, **kwargs):
+    if step == 6:  # the end of epoch 1: die before it is saved
+      raise Stop(step)
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(Checkpointer, "save", save_until_the_epoch_ends)
+  with pytest.raises(Stop):
+    loop.train_and_evaluate(config, tmp_path / "broken", log=lambda *_: None)
+  monkeypatch.setattr(Checkpointer, "save", real_save)
   checkpointer = Checkpointer(tmp_path / "broken" / "checkpoints")
   assert checkpointer.latest_step() == 4  # the mid-epoch one (6 steps per epoch)
   checkpointer.close()
