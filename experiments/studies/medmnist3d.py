@@ -18,11 +18,10 @@ the published best on both sets, two more methods paired with Adam by seed:
   ``experiments/dam_medmnist.py`` for that form).
 
 Five seeds per cell. Presets: ``cpu``: width 1/16 (stages of 4, 8, 16 and 32
-channels) and 4 epochs, sized from the measured steps (width 1/16, batch 32,
-s/step: 2.5D 0.69, 3D 1.48, ACS 1.17, ACS + SAM 2.67) so that the 50 runs
-take about 4 hours on the project's 2-core machine; at width 1/8 (0.93, 2.49,
-2.41, 5.05) the same budget allows 2 epochs. ``paper``: full width and 100
-epochs (the MedMNIST protocol).
+channels) and 4 epochs, so that the 50 runs take about 4 hours on the
+project's 2-core machine (probed step times; at width 1/8 the same budget
+allows 2 epochs; the report's s/step column has the runs' own). ``paper``:
+full width and 100 epochs (the MedMNIST protocol).
 """
 
 from __future__ import annotations
