@@ -395,6 +395,38 @@ def _guess_task(labels: np.ndarray) -> str:
   return ds.BINARY if labels.max() <= 1 else ds.MULTICLASS
 
 
+def resize(source: PathLike, target: PathLike, size: int) -> pathlib.Path:
+  """A copy of a MedMNIST-format file with every image or volume resized to ``size``.
+
+  For tests and benchmarks at sizes that are not on this machine (e.g. 64³
+  volumes made from the 28³ set): linear interpolation (``scipy.ndimage.zoom``,
+  order 1) of every spatial axis, channels kept, uint8 out, labels copied. The
+  result is not an official file, so ``target`` must not carry an official
+  name (its checksum would not match); call it e.g. ``adrenalmnist3d_64_resized.npz``.
+  Real MedMNIST+ files at 64³ come from :func:`download` (``size=64``).
+  """
+  from scipy import ndimage
+
+  source, target = pathlib.Path(source), pathlib.Path(target)
+  if size < 1:
+    raise ValueError(f"size must be >= 1, got {size}.")
+  if identify(target) is not None:
+    raise ValueError(f"{target.name} is an official MedMNIST file name; a resized copy would "
+                     "fail its checksum: choose another name.")
+  with np.load(source) as archive:
+    arrays = {key: archive[key] for key in archive.files}
+  for key in [k for k in arrays if k.endswith("_images")]:
+    images = arrays[key]
+    dims = _guess_spatial_dims(images)
+    spatial = images.shape[1:1 + dims]
+    factors = (1.0, *(size / n for n in spatial), *(1.0,) * (images.ndim - 1 - dims))
+    zoomed = ndimage.zoom(images.astype(np.float32), factors, order=1, grid_mode=False)
+    arrays[key] = np.clip(np.rint(zoomed), 0, 255).astype(np.uint8)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(target, **arrays)
+  return target
+
+
 def download(
     flag: str,
     size: int = 28,

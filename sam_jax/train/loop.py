@@ -28,6 +28,7 @@ import pathlib
 import time
 
 import jax
+import numpy as np
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
@@ -134,7 +135,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
     train_step, eval_batch_size, compiled_eval = memory_lib.check_run(
         lambda: placement.step_fn.lower(device_state, first_batch, jax.random.key(0)),
         memory_lib.eval_batch_lowering(eval_step, placement.to_host(device_state), dataset["val"]),
-        config.batch_size, config.eval_batch_size, log)
+        config.batch_size, config.eval_batch_size, int(np.prod(train_split.images.shape[1:])), log)
     placement = placement._replace(step_fn=train_step)
     if config.parallel == "none":
       eval_step = compiled_eval

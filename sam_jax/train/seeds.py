@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
@@ -163,7 +164,8 @@ def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
       train_step, eval_batch_size, eval_step = memory_lib.check_run(
           lambda: placement.step_fn.lower(device_state, first, keys),
           memory_lib.eval_batch_lowering(eval_step, device_state, dataset["val"]),
-          config.batch_size * n, config.eval_batch_size, log)
+          config.batch_size * n, config.eval_batch_size, int(np.prod(train_split.images.shape[1:])),
+          log)
       placement = placement._replace(step_fn=train_step)
       config = config.replace(eval_batch_size=eval_batch_size)
     first_step_s, epoch_times = _train(

@@ -179,3 +179,28 @@ def test_a_stray_label_is_named_not_trained_on(tmp_path):
     medmnist.load(path, num_classes=6)
   with pytest.raises(ValueError, match="num_classes applies to single-label files"):
     medmnist.load(write_medmnist_npz(tmp_path / "ml.npz", label_columns=3), num_classes=3)
+
+
+def test_resize_makes_larger_volumes_the_loader_reads(tmp_path):
+  source = write_medmnist_npz(tmp_path / "vol.npz", spatial=(8, 8, 8), counts=(4, 2, 2), seed=1)
+  with np.load(source) as archive:
+    original = {key: archive[key] for key in archive.files}
+  target = medmnist.resize(source, tmp_path / "vol_12_resized.npz", 12)
+  dataset = medmnist.load(target)
+  assert dataset.spatial_dims == 3 and dataset["train"].images.shape == (4, 12, 12, 12, 1)
+  np.testing.assert_array_equal(dataset["test"].labels.ravel(), original["test_labels"].ravel())
+  # Linear interpolation with the corners kept: corner voxels are the originals'.
+  resized = dataset["train"].images
+  np.testing.assert_array_equal(resized[:, 0, 0, 0, 0], original["train_images"][:, 0, 0, 0])
+  np.testing.assert_array_equal(resized[:, -1, -1, -1, 0], original["train_images"][:, -1, -1, -1])
+  # A constant volume stays constant; 2-D images with channels keep them.
+  flat = write_medmnist_npz(tmp_path / "img.npz", spatial=(6, 6), channels=3, counts=(3, 2, 2),
+                            train_images=np.full((3, 6, 6, 3), 77, np.uint8))
+  images = medmnist.load(medmnist.resize(flat, tmp_path / "img_9.npz", 9))["train"].images
+  assert images.shape == (3, 9, 9, 3) and (images == 77).all()
+
+
+def test_resize_refuses_an_official_name(tmp_path):
+  source = write_medmnist_npz(tmp_path / "vol.npz", spatial=(8, 8, 8), counts=(4, 2, 2))
+  with pytest.raises(ValueError, match="official MedMNIST file name"):
+    medmnist.resize(source, tmp_path / "adrenalmnist3d_64.npz", 64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import optax
@@ -102,3 +104,18 @@ def test_cgroup_limit_is_read_for_either_version(tmp_path, version):
     (tmp_path / "memory.max").write_text("max\n")
     assert memory.cgroup_limit_bytes(tmp_path, proc) is None
   assert memory.available_bytes() > 0
+
+
+@pytest.mark.slow  # a 64³ model compiles for about a minute here
+def test_64_cube_volumes_train_from_the_cli_within_memory(tmp_path, capsys):
+  from sam_jax.data import medmnist
+
+  small = write_medmnist_npz(tmp_path / "vol.npz", spatial=(28, 28, 28), counts=(8, 4, 4), seed=2)
+  big = medmnist.resize(small, tmp_path / "vol_64_resized.npz", 64)
+  assert cli.main(["train", "--dataset", str(big), "--model", "resnet18_3d", "--width", "0.0625",
+                   "--batch-size", "4", "--epochs", "1", "--no-progress",
+                   "--workdir", str(tmp_path / "run")]) == 0
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["dataset"]["image_shape"] == [64, 64, 64, 1]
+  # The default evaluation batch (256) is capped on a CPU, where it aborted.
+  assert "evaluating in batches of 128 instead of 256" in capsys.readouterr().out
