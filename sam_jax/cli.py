@@ -302,6 +302,9 @@ def _parse_train(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = _Parser(prog="sam-jax", description=__doc__.splitlines()[0])
+  parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                      help="do not use the persistent compilation cache (default: "
+                           "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/sam_jax/jax)")
   commands = parser.add_subparsers(dest="command", required=True)
   train_parser = commands.add_parser("train", help="train and evaluate one configuration")
   _add_train_options(train_parser)
@@ -391,6 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                        "losses"),
                            help="what to list (default: all)")
   args = parser.parse_args(argv)
+  if args.compile_cache and args.command != "list":
+    enable_compilation_cache()
   from sam_jax.train.step import NonFiniteError
   from sam_jax.train.workdir_lock import WorkdirBusyError
 
@@ -408,6 +413,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _fail("error", _describe_os_error(error), 2)
   except NonFiniteError as error:
     return _fail("training stopped", error, 3)
+
+
+def enable_compilation_cache(environ=None) -> Optional[str]:
+  """JAX's persistent compilation cache, so that a second run of a step does not compile it.
+
+  A cache already configured (``JAX_COMPILATION_CACHE_DIR``, or
+  ``jax.config`` set by the caller) is kept; otherwise the cache goes to
+  ``$XDG_CACHE_HOME/sam_jax/jax`` (``~/.cache/sam_jax/jax``). Compilations
+  shorter than a second are not stored. Returns the directory in use.
+  """
+  import os
+
+  import jax
+
+  environ = os.environ if environ is None else environ
+  configured = jax.config.jax_compilation_cache_dir
+  if configured:
+    return configured
+  root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  path = os.path.join(root, "sam_jax", "jax")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
 
 
 def _fail(kind: str, error: object, code: int) -> int:
