@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.timing import interleaved_medians
 from sam_jax.models import conv3d as conv3d_lib
 
 
@@ -57,19 +56,6 @@ def implementations(kernel: int) -> list[str]:
   return ["xla", "depth_sum", "depth_concat"] + (["matmul"] if kernel == 1 else [])
 
 
-def interleaved_medians(fns: dict, args: tuple, rounds: int) -> dict[str, float]:
-  """Median seconds of each jitted function after compiling, the functions taking turns."""
-  for fn in fns.values():
-    jax.block_until_ready(fn(*args))
-  times: dict[str, list[float]] = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def time_layer(layer: dict, rounds: int) -> dict:
   b, sp, ci, co, k, s = (layer[key] for key in ("batch", "spatial", "cin", "cout", "kernel", "stride"))
   x = jax.random.normal(jax.random.key(0), (b, sp, sp, sp, ci))
@@ -80,7 +66,7 @@ def time_layer(layer: dict, rounds: int) -> dict:
     def loss(x, kernel, impl=impl):
       return jnp.sum(conv3d_lib.conv3d(x, kernel, (s,) * 3, padding, impl) ** 2)
     fns[impl] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  return {**layer, "seconds": interleaved_medians(fns, (x, kernel), rounds),
+  return {**layer, "seconds": interleaved_medians(fns, rounds, (x, kernel)),
           "auto": conv3d_lib.resolve_implementation("auto", (k, k, k))}
 
 
@@ -94,7 +80,7 @@ def time_parts(layer: dict, rounds: int, impl: str) -> dict:
   fns = {"forward": jax.jit(loss), "input gradient": jax.jit(jax.grad(loss, argnums=0)),
          "kernel gradient": jax.jit(jax.grad(loss, argnums=1)),
          "both gradients": jax.jit(jax.grad(loss, argnums=(0, 1)))}
-  return interleaved_medians(fns, (x, kernel), rounds)
+  return interleaved_medians(fns, rounds, (x, kernel))
 
 
 def add_parts(config: dict, rounds: int) -> None:

@@ -35,7 +35,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 
 import jax
@@ -44,6 +43,7 @@ import numpy as np
 import optax
 
 import sam_jax
+from benchmarks.timing import interleaved_medians
 from sam_jax import models
 from sam_jax.train import parallel
 from sam_jax.train.losses import softmax_cross_entropy
@@ -135,11 +135,12 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
 
 
 def jax_steps(width: float, impl: str, batch: dict):
-  """sam_jax SGD and SAM steps (closures over their states) and the parameter count."""
+  """sam_jax SGD and SAM steps (closures over their states), their compile times and the
+  parameter count."""
   model = models.create_model("resnet18_3d", 2, width=width, conv_impl=impl)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
   loss = softmax_cross_entropy()
-  steps = {}
+  steps, compile_s = {}, {}
   for method, tx in {"sgd": optax.sgd(LR, momentum=0.9),
                      "sam": optax.chain(sam_jax.sam(RHO), optax.sgd(LR, momentum=0.9))}.items():
     step = parallel.jit_step(functools.partial(make_train_step, apply_fn, loss, tx))
@@ -152,9 +153,8 @@ def jax_steps(width: float, impl: str, batch: dict):
 
     start = time.perf_counter()
     run()  # compiles
-    steps[method] = run
-    steps[method].compile_s = time.perf_counter() - start
-  return steps, int(sum(x.size for x in jax.tree.leaves(params)))
+    steps[method], compile_s[method] = run, time.perf_counter() - start
+  return steps, compile_s, int(sum(x.size for x in jax.tree.leaves(params)))
 
 
 def benchmark_config(size: int, width: float, batch_size: int, with_xla: bool, rounds: int) -> dict:
@@ -167,29 +167,24 @@ def benchmark_config(size: int, width: float, batch_size: int, with_xla: bool, r
   runs, counts, compile_s = {}, {}, {}
   impls = ["auto"] + (["xla"] if with_xla else [])
   for impl in impls:
-    steps, counts[f"sam_jax ({impl})"] = jax_steps(width, impl, batch)
+    framework = f"sam_jax ({impl})"
+    steps, compiled_in, counts[framework] = jax_steps(width, impl, batch)
     for method, fn in steps.items():
-      runs[(f"sam_jax ({impl})", method)] = fn
-      compile_s[(f"sam_jax ({impl})", method)] = fn.compile_s
+      runs[(framework, method)] = fn
+      compile_s[(framework, method)] = compiled_in[method]
   steps, counts["pytorch"] = torch_steps(width, images, labels)
   for method, fn in steps.items():
     fn()  # warm-up
     runs[("pytorch", method)] = fn
   if len(set(counts.values())) != 1:
     raise RuntimeError(f"parameter counts differ: {counts}")
-  times: dict[tuple, list[float]] = {key: [] for key in runs}
-  for _ in range(rounds):
-    for key, fn in runs.items():
-      start = time.perf_counter()
-      fn()
-      times[key].append(time.perf_counter() - start)
-  medians = {key: statistics.median(t) for key, t in times.items()}
+  medians = interleaved_medians(runs, rounds, warm_up=False)  # compiled and warmed up above
   rows = []
   for (framework, method), median in medians.items():
     rows.append({"framework": framework, "method": method, "median_s": median,
                  "per_pytorch": median / medians[("pytorch", method)],
                  "sam_per_sgd": (median / medians[(framework, "sgd")]) if method == "sam" else None,
-                 "compile_s": compile_s.get((framework, method)), "timed_steps": len(times[(framework, method)])})
+                 "compile_s": compile_s.get((framework, method)), "timed_steps": rounds})
   return {"size": size, "width": width, "batch_size": batch_size, "params": counts["pytorch"],
           "torch_threads": torch.get_num_threads(), "rows": rows}
 

@@ -28,7 +28,6 @@ import pathlib
 import time
 
 import jax
-import numpy as np
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
@@ -134,8 +133,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
     first_batch = placement.place_batch(next(iter(setup.train_batches(config, train_split, 0))))
     train_step, eval_batch_size, compiled_eval = memory_lib.check_run(
         lambda: placement.step_fn.lower(device_state, first_batch, jax.random.key(0)),
-        memory_lib.eval_batch_lowering(eval_step, placement.to_host(device_state), dataset["val"]),
-        config.batch_size, config.eval_batch_size, int(np.prod(train_split.images.shape[1:])), log)
+        eval_step, placement.to_host(device_state), dataset["val"],
+        config.batch_size, config.eval_batch_size, log)
     placement = placement._replace(step_fn=train_step)
     if config.parallel == "none":
       eval_step = compiled_eval
@@ -177,7 +176,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
 
       host_state = placement.to_host(device_state)
       done = epoch + 1 == config.epochs or result.stopped_at_max_steps
-      if (epoch + 1) % config.checkpoint_every == 0 or done:
+      due = (epoch + 1) % config.checkpoint_every == 0 or done
+      if due:
         # Saved before the evaluation, so that an evaluation that fails (out of
         # memory, a killed process) does not lose the epoch's training. A run
         # resumed from it starts at the end of this epoch: it evaluates, then
@@ -196,7 +196,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       sums, start_batch = EpochSums(), 0
       stop = selection.should_stop
       checkpointer.save_epoch(step, host_state, meta_for(epoch + 1, 0, sums), best=improved,
-                              last=(epoch + 1) % config.checkpoint_every == 0 or done or stop)
+                              last=due or stop)
       last_epoch = epoch + 1
       if stop:
         stopped_early = True

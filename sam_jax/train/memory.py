@@ -209,25 +209,25 @@ def check_train_step(lowered: Any, budget: Optional[int], batch_size: int) -> An
       "or compute in --dtype bfloat16.")
 
 
-def check_run(lower_train: Callable[[], Any], lower_eval: Callable[[int], Any], batch_size: int,
-              eval_batch_size: int, example_elements: int,
+def check_run(lower_train: Callable[[], Any], eval_step: Any, eval_state: Any, split: Any,
+              batch_size: int, eval_batch_size: int,
               log: Callable[[str], None] = lambda message: None) -> tuple[Any, int, Any]:
   """Both checks before a run's first step.
 
-  ``lower_train()`` lowers the train step on a real batch; ``lower_eval(n)``
-  the evaluation step at batch ``n``; ``example_elements`` is the size of
-  one input image or volume (for :func:`cpu_eval_cap`). Returns the compiled train step, the
-  evaluation batch size and the compiled evaluation step; raises
-  :class:`NotEnoughMemoryError` for a train step that cannot fit.
+  ``lower_train()`` lowers the train step on a real batch; ``eval_step``
+  (jitted) evaluates ``eval_state`` on batches of ``split``. Returns the
+  compiled train step, the evaluation batch size and the compiled evaluation
+  step; raises :class:`NotEnoughMemoryError` for a train step that cannot fit.
   """
   budget = available_bytes()
   train_step = check_train_step(lower_train(), budget, batch_size)
-  capped = cpu_eval_cap(eval_batch_size, example_elements)
+  capped = cpu_eval_cap(eval_batch_size, math.prod(split.images.shape[1:]))
   if capped < eval_batch_size:
     log(f"evaluating in batches of {capped} instead of {eval_batch_size}: on a CPU an evaluation "
         f"batch holds at most {CPU_EVAL_ELEMENTS:,} input elements")
-  size, eval_step = fit_eval_batch(lower_eval, capped, budget, log)
-  return train_step, size, eval_step
+  size, compiled_eval = fit_eval_batch(eval_batch_lowering(eval_step, eval_state, split), capped,
+                                       budget, log)
+  return train_step, size, compiled_eval
 
 
 def cpu_eval_cap(requested: int, example_elements: int) -> int:

@@ -38,7 +38,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sam_jax.data import augment as augment_lib
 from sam_jax.train import config as config_lib
@@ -162,10 +161,8 @@ def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
     if config.memory_check:  # as train_and_evaluate does, for the N stacked models
       first = stack([next(iter(setup.train_batches(c, train_split, 0))) for c in configs])
       train_step, eval_batch_size, eval_step = memory_lib.check_run(
-          lambda: placement.step_fn.lower(device_state, first, keys),
-          memory_lib.eval_batch_lowering(eval_step, device_state, dataset["val"]),
-          config.batch_size * n, config.eval_batch_size, int(np.prod(train_split.images.shape[1:])),
-          log)
+          lambda: placement.step_fn.lower(device_state, first, keys), eval_step, device_state,
+          dataset["val"], config.batch_size * n, config.eval_batch_size, log)
       placement = placement._replace(step_fn=train_step)
       config = config.replace(eval_batch_size=eval_batch_size)
     first_step_s, epoch_times = _train(
