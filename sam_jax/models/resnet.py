@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sam_jax.models import remat as remat_lib
 from sam_jax.models.conv3d import Conv3D
 
 ModuleDef = Any
@@ -109,6 +110,10 @@ class ResNet(nn.Module):
     volume_conv: with ``dim=3``, ``"3d"``, ``"2.5d"`` or ``"acs"``.
     conv_impl: with ``dim=3``, how convolutions are computed (``"auto"``,
       ``"xla"``, ``"depth_sum"``, ``"depth_concat"``); results do not depend on it.
+    remat: rematerialize each residual block (:mod:`sam_jax.models.remat`,
+      which saves memory on XLA:CPU too): the backward pass recomputes a block's activations
+      instead of keeping them, for less memory at the cost of about one more
+      forward pass. Parameter names and results do not change.
   """
 
   stage_sizes: Sequence[int]
@@ -122,6 +127,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   volume_conv: str = "3d"
   conv_impl: str = "auto"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -156,9 +162,10 @@ class ResNet(nn.Module):
                name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3,) * self.dim, (2,) * self.dim, padding=[(1, 1)] * self.dim)
+    block_cls = remat_lib.remat(self.block_cls) if self.remat else self.block_cls
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
-        x = self.block_cls(
+        x = block_cls(
             filters=base * 2**i,
             strides=2 if i > 0 and j == 0 else 1,
             conv=conv,

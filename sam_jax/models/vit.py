@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sam_jax.models import remat as remat_lib
+
 VIT_VARIANTS = {
     "ti": dict(hidden_size=192, depth=12, num_heads=3),
     "s": dict(hidden_size=384, depth=12, num_heads=6),
@@ -84,6 +86,8 @@ class ViT(nn.Module):
     hidden_size, depth, num_heads, mlp_ratio: the transformer's shape.
     dropout_rate, attention_dropout_rate: dropout (0 in the ViT-B config).
     dtype, param_dtype: computation and parameter dtypes.
+    remat: rematerialize each encoder block (:mod:`sam_jax.models.remat`): less memory, about
+      one more forward pass; parameter names and results do not change.
   """
 
   num_classes: int
@@ -96,6 +100,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -116,8 +121,10 @@ class ViT(nn.Module):
     pos = self.param("pos_embedding", nn.initializers.normal(0.02),
                      (1, x.shape[1], self.hidden_size), self.param_dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos.astype(self.dtype))
+    # ``train`` is a Python bool: static for the rematerialized call (self is 0).
+    block_cls = remat_lib.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate,
+      x = block_cls(self.num_heads, self.mlp_ratio, self.dropout_rate,
                        self.attention_dropout_rate, self.dtype, self.param_dtype,
                        name=f"block{i + 1}")(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,

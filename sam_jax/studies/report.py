@@ -20,12 +20,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sam_jax.studies import grid, stats
+from sam_jax.train import config as config_lib
 
 METRICS = (("auc", "test AUC"), ("acc", "test ACC"), ("f1_macro", "F1 (macro)"),
            ("balanced_acc", "bal. ACC"))
 # Fields that do not make two runs different methods.
-NOT_A_METHOD = ("seed", "progress", "data_dir", "download", "checkpoint_every",
-                "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "memory_check")
+NOT_A_METHOD = ("seed",) + config_lib.RECORD_FIELDS
 
 
 def load_run(directory: str | pathlib.Path) -> Optional[dict]:

@@ -56,6 +56,7 @@ class TrainConfig:
   patch_size: Optional[int] = None      # ViT patch side (default: the model's; 4-7 at 28 px)
   stem: Optional[str] = None            # ResNet: "cifar" or "imagenet"
   dtype: str = "float32"                # computation dtype: "float32" or "bfloat16"
+  remat: bool = False                   # ResNet/ViT: recompute block activations in the backward pass (less memory)
   # Optimization.
   optimizer: str = "adam"               # sgd/adam/adamw, or a sharpness method (sam, asam, ...)
   base_optimizer: str = "adam"          # what a sharpness method wraps
@@ -108,6 +109,7 @@ class TrainConfig:
   # Loop.
   epochs: int = 100                     # training epochs
   batch_size: int = 128                 # training batch (global: split across devices)
+  accumulation_steps: int = 1           # micro-batches per step, in turn (less memory); SAM uses the batch's gradient
   eval_batch_size: int = 256            # largest evaluation batch; lowered to fit in memory
   memory_check: bool = True             # compile the steps first; stop if training cannot fit
   seed: int = 0                         # initialization, data order and augmentation
@@ -250,9 +252,10 @@ def describe_file_error(error: Exception, path: pathlib.Path) -> str:
 
 
 # Fields that do not change what a run computes: where the data is read from,
-# how often it is saved, how evaluation is batched, what is shown.
+# how often it is saved, how evaluation is batched, what is shown, whether
+# activations are recomputed (rematerialization).
 RECORD_FIELDS = ("progress", "eval_batch_size", "memory_check", "checkpoint_every", "checkpoint_every_steps",
-                 "keep_checkpoints", "data_dir", "download", "tensorboard")
+                 "keep_checkpoints", "data_dir", "download", "tensorboard", "remat")
 # Fields a resumed run may change besides those: it may be trained for longer.
 RESUMABLE_CHANGES = RECORD_FIELDS + ("epochs", "max_steps")
 

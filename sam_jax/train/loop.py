@@ -80,6 +80,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   num_devices = parallel.device_count(config.parallel)
   if config.batch_size % num_devices:
     raise ValueError(f"batch size {config.batch_size} does not split over {num_devices} devices.")
+  if config.batch_size // num_devices % config.accumulation_steps:
+    raise ValueError(f"each device's batch of {config.batch_size // num_devices} does not split "
+                     f"into accumulation_steps {config.accumulation_steps} micro-batches.")
   steps_per_epoch = setup.steps_per_epoch(config, train_split)
   tx, schedule = build_optimizer(config, steps_per_epoch)
   objective = setup.build_objective(config, dataset)
@@ -87,7 +90,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   apply_fn, state = setup.initial_state(config, dataset, tx, objective, init_key)
   augment_fn = augment_lib.augment_fn(setup.augment_config(config, dataset.spatial_dims))
   build = functools.partial(make_train_step, apply_fn, objective, tx, task=dataset.task,
-                            augment_fn=augment_fn, perturbation=config.perturbation)
+                            augment_fn=augment_fn, perturbation=config.perturbation,
+                            accumulation_steps=config.accumulation_steps)
   # Validation loss is the task's cross-entropy whatever the training objective,
   # so that runs with different objectives report comparable losses.
   eval_step = jax.jit(make_eval_step(apply_fn, loss_for_task(dataset.task), task=dataset.task,

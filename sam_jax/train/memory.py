@@ -206,7 +206,8 @@ def check_train_step(lowered: Any, budget: Optional[int], batch_size: int) -> An
   raise NotEnoughMemoryError(
       f"one train step at batch {batch_size} needs {human_bytes(needed)} and this process has "
       f"{human_bytes(budget)} (a step may use {HEADROOM:.0%} of it): lower --batch-size or --width, "
-      "or compute in --dtype bfloat16.")
+      "split the batch into micro-batches (--accumulation-steps), recompute activations "
+      "(--remat), or compute in --dtype bfloat16.")
 
 
 def check_run(lower_train: Callable[[], Any], eval_step: Any, eval_state: Any, split: Any,

@@ -92,6 +92,19 @@ def as_objective(loss: Any) -> Objective:
   return Objective(getattr(loss, "__name__", "loss"), lambda: (None, None), value)
 
 
+def merge_parts(old: Any, stacked: Any) -> Any:
+  """One objective state from micro-batches' updates (stacked on a leading axis),
+  each from ``old``: per-example changes added, scalar averages averaged, as
+  :func:`merge_across_devices` does across devices."""
+
+  def merge(o, n):
+    if jnp.ndim(o) == 0:
+      return jnp.mean(n, axis=0)
+    return o + jnp.sum(n - o, axis=0)
+
+  return jax.tree.map(merge, old, stacked)
+
+
 def merge_across_devices(old: Any, new: Any, axis_name: Optional[str]) -> Any:
   """One objective state from each device's update of its own batch shard.
 

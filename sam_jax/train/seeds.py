@@ -140,7 +140,8 @@ def _train_and_evaluate_seeds(config, seeds, workdirs, resume, log,
   apply_fn, states = initial[0][0], [state for _, state in initial]
   augment_fn = augment_lib.augment_fn(setup.augment_config(config, dataset.spatial_dims))
   build = functools.partial(make_train_step, apply_fn, objective, tx, task=dataset.task,
-                            augment_fn=augment_fn, perturbation=config.perturbation)
+                            augment_fn=augment_fn, perturbation=config.perturbation,
+                            accumulation_steps=config.accumulation_steps)
   eval_step = jax.jit(jax.vmap(
       make_eval_step(apply_fn, loss_for_task(dataset.task), task=dataset.task,
                      augment_fn=augment_fn), in_axes=(0, None)))

@@ -115,6 +115,7 @@ def check_config(config: TrainConfig) -> None:
     raise ValueError(f"checkpoint_every_steps must be >= 1, got {config.checkpoint_every_steps}.")
   positive = {"epochs": config.epochs, "batch_size": config.batch_size,
               "eval_batch_size": config.eval_batch_size, "m_sharpness": config.m_sharpness,
+              "accumulation_steps": config.accumulation_steps,
               "learning_rate": config.learning_rate, "pauc_lambda": config.pauc_lambda,
               "tpauc_tau": config.tpauc_tau}
   for field, value in positive.items():
@@ -135,6 +136,11 @@ def check_config(config: TrainConfig) -> None:
   if config.batch_size % config.m_sharpness:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by m_sharpness "
                      f"{config.m_sharpness}.")
+  if config.batch_size % (config.m_sharpness * config.accumulation_steps):
+    raise ValueError(f"batch_size {config.batch_size} does not split into accumulation_steps "
+                     f"{config.accumulation_steps} micro-batches"
+                     + (f" of each of the m_sharpness {config.m_sharpness} sub-batches"
+                        if config.m_sharpness > 1 else "") + ".")
 
 
 def check_against_data(config: TrainConfig, dataset: ds.Dataset) -> None:
@@ -176,6 +182,8 @@ def build_model(config: TrainConfig, dataset: ds.Dataset):
     kwargs["patch_size"] = config.patch_size
   if config.stem is not None:
     kwargs["stem"] = config.stem
+  if config.remat:
+    kwargs["remat"] = True
   try:
     return models.create_model(config.model, dataset.num_classes, **kwargs)
   except TypeError as error:
@@ -271,7 +279,9 @@ def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str 
   """A saved run's state, rebuilt from its ``config.json`` for ``dataset``."""
   workdir = pathlib.Path(workdir)
   config = config or read_run_config(workdir)
-  model = build_model(config, dataset)
+  # Rematerialization only matters for training, and its custom VJP has no
+  # forward mode (the landscape tools' Hessian-vector products need one).
+  model = build_model(config.replace(remat=False), dataset)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0),
                                                     dataset["train"].images[:1])
   batch = min(config.batch_size, len(dataset["train"]))

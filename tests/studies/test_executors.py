@@ -63,6 +63,7 @@ def final_params(run: studies.Run, root: pathlib.Path):
   return jax.tree.leaves(restored.state.params), restored.step
 
 
+@pytest.mark.slow  # four job processes that each start JAX and compile: ~2.5 minutes in CI
 def test_submitit_local_cluster_runs_the_grid_like_the_local_executor(local_grid, tmp_path):
   study, local_root = local_grid
   root = tmp_path / "slurm"

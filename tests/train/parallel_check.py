@@ -10,7 +10,9 @@ CR-SAM (and plain SGD), on a global batch of 16 (4 per device):
   with plain SGD as the base, the new weights are the mean over devices of
   the single-device step on each device's shard, and so are the BatchNorm
   statistics (both are linear in what each device contributes);
-* plain SGD needs no sharpness semantics: every mode equals one device.
+* plain SGD needs no sharpness semantics: every mode equals one device;
+* gradient accumulation on each device (2 micro-batches of 2) with a
+  synchronized perturbation is still the single-device step on the global batch.
 
 Prints one ``ok`` line per check; exits non-zero on the first mismatch.
 """
@@ -64,10 +66,11 @@ TXS = {
 }
 
 
-def setup(module, tx, perturbation="per_device"):
+def setup(module, tx, perturbation="per_device", accumulation_steps=1):
   apply_fn, params, model_state = models.from_linen(module, jax.random.key(0), BATCH["image"][:1])
   state = create_train_state(params, model_state, tx)
-  build = functools.partial(make_train_step, apply_fn, LOSS, tx, perturbation=perturbation)
+  build = functools.partial(make_train_step, apply_fn, LOSS, tx, perturbation=perturbation,
+                            accumulation_steps=accumulation_steps)
   return state, build
 
 
@@ -81,8 +84,8 @@ def single(module, tx, batch, rng):
   return host(new_state)
 
 
-def run_pmap(module, tx, perturbation, rng):
-  state, build = setup(module, tx, perturbation)
+def run_pmap(module, tx, perturbation, rng, accumulation_steps=1):
+  state, build = setup(module, tx, perturbation, accumulation_steps)
   new_state, _ = parallel.pmap_step(build)(parallel.replicate(state, DEVICES),
                                            parallel.shard_batch(BATCH, DEVICES), rng)
   copies = host(new_state)
@@ -92,8 +95,8 @@ def run_pmap(module, tx, perturbation, rng):
   return jax.tree.map(lambda x: x[0], copies)
 
 
-def run_shard_map(module, tx, perturbation, rng):
-  state, build = setup(module, tx, perturbation)
+def run_shard_map(module, tx, perturbation, rng, accumulation_steps=1):
+  state, build = setup(module, tx, perturbation, accumulation_steps)
   mesh = parallel.make_mesh(DEVICES)
   state, batch = parallel.place_for_shard_map(mesh, state=state, batch=BATCH)
   new_state, _ = parallel.shard_map_step(build, mesh)(state, batch, rng)
@@ -130,6 +133,10 @@ def main() -> int:
       synced = runner(LayerNormNet(), make_tx(), "synchronized", rng)
       assert_close(synced, reference, f"{name} {runner_name} synchronized")
       print(f"ok {name} {runner_name} synchronized = one device on the global batch", flush=True)
+      if name == "sam":
+        accumulated = runner(LayerNormNet(), make_tx(), "synchronized", rng, accumulation_steps=2)
+        assert_close(accumulated, reference, f"sam {runner_name} synchronized, accumulated")
+        print(f"ok sam {runner_name} synchronized with 2 micro-batches per device", flush=True)
       per_device = runner(LayerNormNet(), make_tx(), "per_device", rng)
       if name == "sgd":
         assert_close(per_device, reference, f"sgd {runner_name} per-device")

@@ -15,5 +15,5 @@ def test_train_steps_on_four_devices():
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
   checks = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-  # 4 optimizers x 2 runners x 2 modes, plus 2 x 2 BatchNorm checks.
-  assert len(checks) == 20, result.stdout
+  # 4 optimizers x 2 runners x 2 modes, 2 accumulated, plus 2 x 2 BatchNorm checks.
+  assert len(checks) == 22, result.stdout
