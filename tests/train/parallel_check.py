@@ -51,11 +51,13 @@ class LayerNormNet(nn.Module):
 
 
 class BatchNormNet(nn.Module):
+  classes: int = 3
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Conv(6, (3, 3), use_bias=False)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+    return nn.Dense(self.classes)(jnp.mean(x, axis=(1, 2)))
 
 
 TXS = {

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -30,25 +28,11 @@ from sam_jax.train.losses import softmax_cross_entropy
 from sam_jax.train.state import create_train_state
 from sam_jax.train.step import make_train_step
 from tests.data.synthetic import write_medmnist_npz
+from tests.train.parallel_check import BatchNormNet, LayerNormNet
 
 RNG = np.random.default_rng(3)
 BATCH = {"image": RNG.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
          "label": RNG.integers(0, 3, 16).astype(np.int32)}
-
-
-class LayerNormNet(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.relu(nn.LayerNorm()(nn.Conv(6, (3, 3))(x)))
-    return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
-
-
-class BatchNormNet(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.Conv(6, (3, 3), use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    return nn.Dense(2)(jnp.mean(x, axis=(1, 2)))
 
 
 TXS = {
@@ -99,11 +83,11 @@ def test_with_batchnorm_and_per_example_state_micro_batches_are_parts_like_devic
   labels = np.asarray([0, 1] * 8, np.int32)  # both classes in every micro-batch
   batch = {"image": BATCH["image"], "label": labels, "index": np.arange(16, dtype=np.int32)}
   objective = objectives.ap(ds.BINARY, 16, margin=1.0, gamma=0.9, surrogate="squared_hinge")
-  accumulated, _ = one_step(BatchNormNet(), optax.sgd(0.1), batch, objective,
+  accumulated, _ = one_step(BatchNormNet(classes=2), optax.sgd(0.1), batch, objective,
                             task=ds.BINARY, accumulation_steps=4)
-  as_parts, _ = one_step(BatchNormNet(), optax.sgd(0.1), batch, objective,
+  as_parts, _ = one_step(BatchNormNet(classes=2), optax.sgd(0.1), batch, objective,
                          task=ds.BINARY, m_sharpness=4)
-  whole, _ = one_step(BatchNormNet(), optax.sgd(0.1), batch, objective, task=ds.BINARY)
+  whole, _ = one_step(BatchNormNet(classes=2), optax.sgd(0.1), batch, objective, task=ds.BINARY)
   assert_close(accumulated.params, as_parts.params)
   assert_close(accumulated.model_state, as_parts.model_state)
   assert_close(accumulated.objective_state, as_parts.objective_state)
