@@ -176,7 +176,7 @@ def make_train_step(
     else:
       parts = micro_batches(whole, accumulation_steps)
       value_and_grads = lambda params: accumulated(value_and_grad_of, vary(params), parts,
-                                                   state, vary)
+                                                   state)
 
     (loss, (logits, new_model_state, new_objective_state)), grads = value_and_grads(state.params)
 
@@ -255,7 +255,7 @@ def micro_batches(whole: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def accumulated(value_and_grad_of: Callable, params: Any, parts: dict[str, Any],
-                state: TrainState, vary: Callable[[Any], Any]):
+                state: TrainState):
   """``value_and_grad_of(params, part)`` over the micro-batches in turn, as one
   batch: the weighted mean of values and gradients; the logits in batch order;
   the BatchNorm statistics averaged; the objective state's per-example changes
@@ -268,7 +268,8 @@ def accumulated(value_and_grad_of: Callable, params: Any, parts: dict[str, Any],
   the end of the previous one's backward pass, so the passes cannot be
   scheduled side by side and hold one micro-batch's activations at a time.
   """
-  del vary  # the sums start from the first micro-batch's (device-varying) values
+  # The sums start from the first micro-batch's values, which are device-varying
+  # under shard_map like every later term.
   k = parts["weight"].shape[0]
   total, outputs = None, []
   for i in range(k):
