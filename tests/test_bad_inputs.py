@@ -28,7 +28,7 @@ from sam_jax.train.workdir_lock import WorkdirLock
 from tests.data.synthetic import png_bytes, random_image, write_medmnist_npz, write_tree
 from tests.data.test_folders import bomb_png
 
-TINY = ["--model", "resnet18", "--width", "0.0625", "--batch-size", "32",
+TINY = ["--model", "resnet10", "--width", "0.0625", "--batch-size", "32",
         "--eval-batch-size", "64", "--no-progress"]
 
 
@@ -191,7 +191,7 @@ CASES = [
          r"loss 'aucm' needs a"),
     Case("2D model on 3D volumes", lambda t, s: train(
         t, dataset=write_medmnist_npz(t / "vol.npz", spatial=(8, 8, 8), counts=(40, 8, 8))),
-         r"model 'resnet18' takes 2D images but vol has 3D volumes"),
+         r"model 'resnet10' takes 2D images but vol has 3D volumes"),
     Case("3D model on 2D images", lambda t, s: train(t, "--model", "resnet18_3d", shared=s),
          r"takes 3D volumes but tiny has 2D images"),
     Case("unknown loss", lambda t, s: train(t, "--loss", "hinge", shared=s),

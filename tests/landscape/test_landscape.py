@@ -125,7 +125,7 @@ def test_sharpness_and_landscape_commands_on_trained_runs(tmp_path, capsys):
   npz = str(write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=2))
   # One run is trained and copied: a second training would add about a minute
   # of compile time in CI, and the commands handle each run directory alone.
-  config = config_lib.TrainConfig(dataset=npz, model="resnet18", width=0.0625, batch_size=32,
+  config = config_lib.TrainConfig(dataset=npz, model="resnet10", width=0.0625, batch_size=32,
                                   eval_batch_size=32, epochs=1, progress=False, optimizer="sam",
                                   base_optimizer="sgd", learning_rate=0.05, rho=0.05)
   loop.train_and_evaluate(config, tmp_path / "sam", log=lambda m: None)

@@ -30,6 +30,8 @@ def output_shape(model, shape):
 
 # (name, constructor kwargs, input shape): every model at its intended sizes.
 INTENDED_INPUTS = [
+    ("resnet10", {}, (2, 28, 28, 1)),
+    ("resnet10_3d", {}, (2, 28, 28, 28, 1)),
     ("resnet18", {}, (2, 28, 28, 1)),
     ("resnet18", {}, (2, 64, 64, 3)),
     ("resnet18", {"stem": "imagenet"}, (2, 224, 224, 3)),
@@ -65,6 +67,7 @@ def test_output_shape(name, kwargs, shape):
 # running statistics are not parameters in either, and the layouts are the
 # same (bias-free convolutions in ResNet, biased ones in VGG, fused qkv).
 REFERENCE_COUNTS = [
+    ("resnet10", {"stem": "imagenet"}, 5_418_792),  # torchvision ResNet(BasicBlock, [1, 1, 1, 1])
     ("resnet18", {"stem": "imagenet"}, 11_689_512),
     ("resnet50", {"stem": "imagenet"}, 25_557_032),
     ("vgg16_bn", {}, 138_365_992),

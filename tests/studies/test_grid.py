@@ -29,7 +29,7 @@ def tiny_study(npz: str, methods=("adam", "sam"), seeds=(0, 1)) -> studies.Study
                   epochs=2, progress=False)
     return config_lib.TrainConfig(**{**fields, **changes[method]})
   return studies.Study("tiny", studies.expand(
-      [studies.Block(["tiny"], ["resnet18"], list(methods))], seeds, configure),
+      [studies.Block(["tiny"], ["resnet10"], list(methods))], seeds, configure),
       baselines={"sam": "adam"}, description="a test grid")
 
 
@@ -37,7 +37,7 @@ def test_expand_is_the_product_without_duplicates(tiny_npz):
   study = tiny_study(tiny_npz, methods=("adam", "sam", "adam"), seeds=(0, 1, 2))
   assert len(study.runs) == 6
   assert [r.config.seed for r in study.runs[:3]] == [0, 1, 2]
-  assert study.runs[0].directory(pathlib.Path("r")) == pathlib.Path("r/runs/tiny/resnet18/adam/seed0")
+  assert study.runs[0].directory(pathlib.Path("r")) == pathlib.Path("r/runs/tiny/resnet10/adam/seed0")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_report_has_every_cell_with_seeds_and_paired_test(finished, tmp_path):
   study, root, _, _ = finished
   path = studies.write_study_report(study, root, tmp_path / "tiny.md", "cpu")
   text = path.read_text()
-  assert "## tiny, resnet18" in text and "4 of 6 runs finished" in text
+  assert "## tiny, resnet10" in text and "4 of 6 runs finished" in text
   sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))
   cells = [c.strip() for c in sam_row.strip("|").split("|")]
   assert cells[1] == "2" and cells[7] == "adam"  # seeds, vs

@@ -143,7 +143,7 @@ def test_both_lower_the_compiled_steps_peak_memory():
 
 def test_the_options_train_from_the_cli_and_bad_ones_are_one_line(tmp_path, capsys):
   npz = str(write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=2))
-  common = ["train", "--dataset", npz, "--model", "resnet18", "--width", "0.0625",
+  common = ["train", "--dataset", npz, "--model", "resnet10", "--width", "0.0625",
             "--batch-size", "32", "--no-progress", "--epochs", "1"]
   assert cli.main([*common, "--accumulation-steps", "3", "--workdir", str(tmp_path / "a")]) == 2
   assert "does not split into accumulation_steps 3" in capsys.readouterr().err

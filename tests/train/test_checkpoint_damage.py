@@ -25,7 +25,7 @@ def damage(checkpoint_dir):
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("ckpt")
   npz = str(write_medmnist_npz(root / "tiny.npz", counts=(96, 16, 16), seed=1))
-  config = config_lib.TrainConfig(dataset=npz, model="resnet18", width=0.0625, batch_size=32,
+  config = config_lib.TrainConfig(dataset=npz, model="resnet10", width=0.0625, batch_size=32,
                                   eval_batch_size=32, epochs=2, optimizer="sgd",
                                   learning_rate=0.05, checkpoint_every_steps=2, progress=False)
   whole = loop.train_and_evaluate(config, root / "whole", log=lambda m: None)

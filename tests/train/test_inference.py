@@ -19,7 +19,7 @@ from tests.data.synthetic import png_bytes, write_medmnist_npz
 def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("inference")
   npz = write_medmnist_npz(root / "tiny.npz", counts=(64, 16, 16), seed=5)
-  config = config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625,
+  config = config_lib.TrainConfig(dataset=str(npz), model="resnet10", width=0.0625,
                                   batch_size=32, eval_batch_size=32, epochs=1,
                                   optimizer="sam", base_optimizer="sgd", learning_rate=0.05,
                                   progress=False)

@@ -18,7 +18,7 @@ from tests.data.conftest import need, real_data_dir
 from tests.data.synthetic import write_medmnist_npz
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = ["--model", "resnet18", "--width", "0.0625", "--batch-size", "32",
+TINY = ["--model", "resnet10", "--width", "0.0625", "--batch-size", "32",
         "--eval-batch-size", "64", "--no-progress"]
 
 
@@ -158,7 +158,7 @@ def test_config_files_and_overrides(tiny_npz, tmp_path):
   py = tmp_path / "config.py"
   py.write_text(
       "from sam_jax.train.config import TrainConfig\n"
-      f"def get_config():\n  return TrainConfig(dataset={tiny_npz!r}, model='resnet18', "
+      f"def get_config():\n  return TrainConfig(dataset={tiny_npz!r}, model='resnet10', "
       "width=0.0625, epochs=3, optimizer='gsam', rho=0.1, alpha=0.2, batch_size=32)\n")
   js = tmp_path / "config.json"
   js.write_text(json.dumps({"dataset": tiny_npz, "optimizer": "asam", "epochs": 4}))

@@ -18,7 +18,7 @@ from sam_jax.train.state import create_train_state
 from sam_jax.train.step import make_eval_step
 from tests.data.synthetic import write_medmnist_npz
 
-TINY = ["--model", "resnet18", "--width", "0.0625", "--batch-size", "32", "--no-progress"]
+TINY = ["--model", "resnet10", "--width", "0.0625", "--batch-size", "32", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def small_eval(num=45):
   rng = np.random.default_rng(0)
   split = ds.Split(images=rng.integers(0, 256, (num, 12, 12, 1), dtype=np.uint8),
                    labels=rng.integers(0, 2, (num, 1)).astype(np.int64))
-  model = models.create_model("resnet18", 2, width=0.0625)
+  model = models.create_model("resnet10", 2, width=0.0625)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), split.images[:1])
   state = create_train_state(params, model_state, optax.sgd(0.1))
   return jax.jit(make_eval_step(apply_fn, softmax_cross_entropy(), task=ds.BINARY)), state, split

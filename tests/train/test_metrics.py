@@ -126,7 +126,7 @@ def test_tensorboard_event_files_hold_step_and_epoch_scalars(tmp_path):
   from tests.data.synthetic import write_medmnist_npz
 
   npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=2)
-  config = config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625, batch_size=32,
+  config = config_lib.TrainConfig(dataset=str(npz), model="resnet10", width=0.0625, batch_size=32,
                                   eval_batch_size=32, epochs=2, optimizer="sam", rho=0.05,
                                   base_optimizer="sgd", learning_rate=0.05, schedule="cosine",
                                   tensorboard=True, progress=False)

@@ -37,7 +37,7 @@ METHODS = {
 def base(tmp_path_factory):
   npz = write_medmnist_npz(tmp_path_factory.mktemp("nonfinite") / "tiny.npz",
                            counts=(96, 16, 16), seed=4)
-  return config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625, batch_size=32,
+  return config_lib.TrainConfig(dataset=str(npz), model="resnet10", width=0.0625, batch_size=32,
                                 eval_batch_size=32, epochs=2, checkpoint_every_steps=1,
                                 progress=False)
 

@@ -25,7 +25,7 @@ def tiny_npz(tmp_path_factory):
 
 def tiny_config(path: str, **changes) -> config_lib.TrainConfig:
   return config_lib.TrainConfig(
-      dataset=path, model="resnet18", width=0.0625, batch_size=32, eval_batch_size=48,
+      dataset=path, model="resnet10", width=0.0625, batch_size=32, eval_batch_size=48,
       epochs=2, optimizer="sam", base_optimizer="sgd", learning_rate=0.05, rho=0.05,
       augment="standard", select_by="loss", progress=False, **changes)
 
@@ -90,7 +90,7 @@ def test_one_vmapped_step_equals_the_solo_steps():
   from sam_jax.train.state import create_train_state
   from sam_jax.train.step import make_train_step
 
-  model = models.create_model("resnet18", num_classes=2, width=0.0625)
+  model = models.create_model("resnet10", num_classes=2, width=0.0625)
   tx = optax.chain(sam_jax.sam(0.05), optax.sgd(0.05, 0.9))
   rng = np.random.default_rng(0)
   states, batches, keys = [], [], []
@@ -171,7 +171,7 @@ def test_a_vanished_seed_directory_is_named(tmp_path, monkeypatch):
   from sam_jax.train.workdir_lock import WorkdirVanishedError
 
   npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16), seed=1)
-  config = config_lib.TrainConfig(dataset=str(npz), model="resnet18", width=0.0625, batch_size=32,
+  config = config_lib.TrainConfig(dataset=str(npz), model="resnet10", width=0.0625, batch_size=32,
                                   eval_batch_size=32, epochs=2, optimizer="sgd",
                                   learning_rate=0.05, progress=False)
   append = records.EpochLog.append

@@ -76,7 +76,7 @@ def test_two_cli_runs_on_one_workdir_one_is_refused(tmp_path):
 
   npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(64, 16, 16))
   common = [sys.executable, "-m", "sam_jax.cli", "train", "--dataset", str(npz), "--model",
-            "resnet18", "--width", "0.0625", "--batch-size", "32", "--epochs", "2",
+            "resnet10", "--width", "0.0625", "--batch-size", "32", "--epochs", "2",
             "--no-progress", "--workdir", str(tmp_path / "run")]
   first = subprocess.Popen(common, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120

@@ -1,0 +1,34 @@
+"""Runs a check module in a child process with simulated CPU devices.
+
+The device count is an XLA flag read once, when JAX starts, so a check on 4
+devices needs its own process.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_check(module: str, expected_ok_lines: int, devices: int = 4) -> str:
+  """Runs ``python -m module``; asserts it succeeds and prints that many ``ok`` lines.
+
+  The child compiles without LLVM's optimizations: these checks compile
+  dozens of small steps and compare programs compiled alike, so the
+  optimizations cost a third of their CPU time (parallel_check: 125 -> 81 s)
+  and change nothing they compare. The compilation cache is the suite's.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""),
+                               f"--xla_force_host_platform_device_count={devices}",
+                               "--xla_backend_optimization_level=0"]).strip()
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  result = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+  checks = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
+  assert len(checks) == expected_ok_lines, result.stdout
+  return result.stdout
