@@ -15,6 +15,9 @@ trained on the same random batch by:
 * sam_jax with ``conv_impl="xla"`` (XLA's own 3-D convolution, the state
   before this benchmark), for the configurations in ``--xla-configs`` only (a
   64^3 step takes minutes that way);
+* with ``--accumulation-steps K``, sam_jax's step over K micro-batches (the
+  option of ``sam-jax train``; BatchNorm then normalizes each micro-batch
+  alone, so this is the user's alternative, not the same computation);
 * PyTorch (``torch.set_num_threads`` = the CPU count JAX sees): ``Conv3d`` and
   ``BatchNorm3d``, SGD with momentum 0.9, and SAM as in davda54/sam (ascend to
   ``w + rho·g/||g||``, second forward-backward with BatchNorm momentum 0, step
@@ -134,16 +137,17 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
   return {"sgd": sgd_step, "sam": sam_step}, count
 
 
-def jax_steps(width: float, impl: str, batch: dict):
+def jax_steps(width: float, impl: str, batch: dict, accumulation_steps: int = 1):
   """sam_jax SGD and SAM steps (closures over their states), their compile times and the
-  parameter count."""
+  parameter count; with ``accumulation_steps`` K > 1, the step of ``--accumulation-steps K``."""
   model = models.create_model("resnet18_3d", 2, width=width, conv_impl=impl)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
   loss = softmax_cross_entropy()
   steps, compile_s = {}, {}
   for method, tx in {"sgd": optax.sgd(LR, momentum=0.9),
                      "sam": optax.chain(sam_jax.sam(RHO), optax.sgd(LR, momentum=0.9))}.items():
-    step = parallel.jit_step(functools.partial(make_train_step, apply_fn, loss, tx))
+    step = parallel.jit_step(functools.partial(make_train_step, apply_fn, loss, tx,
+                                               accumulation_steps=accumulation_steps))
     holder = {"state": create_train_state(jax.tree.map(jnp.copy, params),
                                           jax.tree.map(jnp.copy, model_state), tx)}
 
@@ -157,7 +161,8 @@ def jax_steps(width: float, impl: str, batch: dict):
   return steps, compile_s, int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def benchmark_config(size: int, width: float, batch_size: int, with_xla: bool, rounds: int) -> dict:
+def benchmark_config(size: int, width: float, batch_size: int, with_xla: bool, rounds: int,
+                     accumulation: tuple[int, ...] = ()) -> dict:
   import torch
 
   rng = np.random.default_rng(0)
@@ -165,10 +170,10 @@ def benchmark_config(size: int, width: float, batch_size: int, with_xla: bool, r
   labels = rng.integers(0, 2, batch_size).astype(np.int32)
   batch = jax.device_put({"image": images, "label": labels})
   runs, counts, compile_s = {}, {}, {}
-  impls = ["auto"] + (["xla"] if with_xla else [])
-  for impl in impls:
-    framework = f"sam_jax ({impl})"
-    steps, compiled_in, counts[framework] = jax_steps(width, impl, batch)
+  variants = [("auto", 1)] + ([("xla", 1)] if with_xla else []) + [("auto", k) for k in accumulation]
+  for impl, k in variants:
+    framework = f"sam_jax ({impl})" if k == 1 else f"sam_jax ({impl}, {k} micro-batches)"
+    steps, compiled_in, counts[framework] = jax_steps(width, impl, batch, k)
     for method, fn in steps.items():
       runs[(framework, method)] = fn
       compile_s[(framework, method)] = compiled_in[method]
@@ -211,6 +216,9 @@ def main() -> None:
   parser.add_argument("--configs", nargs="+", default=["28:0.25:32", "64:0.125:32"], help="size:width:batch")
   parser.add_argument("--xla-configs", nargs="*", default=["28"],
                       help="sizes that also time conv_impl='xla' (slow: minutes per step at 64)")
+  parser.add_argument("--accumulation-steps", type=int, nargs="*", default=[],
+                      help="also time `--accumulation-steps K` for each K (BatchNorm then normalizes "
+                           "each micro-batch alone; PyTorch keeps the whole batch)")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
   parser.add_argument("--append", action="store_true",
@@ -225,7 +233,9 @@ def main() -> None:
   results = {"backend": backend, "jax": jax.__version__, "torch": torch.__version__,
              "host": platform.platform(), "rounds": args.rounds,
              "command": f"python -m benchmarks.step_time_3d --configs {' '.join(args.configs)} "
-                        f"--xla-configs {' '.join(args.xla_configs)} --rounds {args.rounds}",
+                        f"--xla-configs {' '.join(args.xla_configs)} --rounds {args.rounds}"
+                        + (f" --accumulation-steps {' '.join(map(str, args.accumulation_steps))}"
+                           if args.accumulation_steps else ""),
              "configs": []}
   args.out.mkdir(parents=True, exist_ok=True)
   existing = args.out / f"step_time_3d_{backend}.json"
@@ -236,7 +246,8 @@ def main() -> None:
   for spec in args.configs:
     size, width, batch = spec.split(":")
     results["configs"].append(benchmark_config(int(size), float(width), int(batch),
-                                               size in args.xla_configs, args.rounds))
+                                               size in args.xla_configs, args.rounds,
+                                               tuple(args.accumulation_steps)))
     (args.out / f"step_time_3d_{backend}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"step_time_3d_{backend}.md").write_text(to_markdown(results))
     print(to_markdown({**results, "configs": results["configs"][-1:]}), flush=True)
