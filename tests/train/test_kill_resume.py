@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.train.test_loop import ROOT, subprocess_env
+from tests.simulated_devices import subprocess_env
+from tests.train.test_loop import ROOT
 
 
 @pytest.mark.slow

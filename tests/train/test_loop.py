@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from sam_jax import cli
 from tests.data.conftest import need, real_data_dir
 from tests.data.synthetic import write_medmnist_npz
+from tests.simulated_devices import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--model", "resnet10", "--width", "0.0625", "--batch-size", "32",
@@ -26,13 +26,6 @@ TINY = ["--model", "resnet10", "--width", "0.0625", "--batch-size", "32",
 def tiny_npz(tmp_path_factory):
   return str(write_medmnist_npz(tmp_path_factory.mktemp("data") / "tiny.npz",
                                 counts=(96, 32, 32), seed=3))
-
-
-def subprocess_env():
-  env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-  return env
 
 
 def sam_jax_cmd(*args):
@@ -227,8 +220,7 @@ def test_cpu_preset_on_breastmnist_writes_every_record(tmp_path, capsys):
 @pytest.mark.parametrize("mode", [["--parallel", "pmap"],
                                   ["--parallel", "shard_map", "--perturbation", "synchronized"]])
 def test_parallel_runs_of_the_command_on_four_devices(tiny_npz, tmp_path, mode):
-  env = subprocess_env()
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+  env = subprocess_env(devices=4)
   workdir = tmp_path / "run"
   args = ["train", "--dataset", tiny_npz, *TINY, "--optimizer", "sam", "--base-optimizer", "sgd",
           "--learning-rate", "0.05", "--epochs", "2", "--workdir", str(workdir), *mode]
