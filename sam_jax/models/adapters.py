@@ -34,8 +34,7 @@ def _init_variables(module: nn.Module, rngs: dict, example_inputs: jax.Array) ->
   Run eagerly, each initializer compiles on its own, once per parameter shape
   and never cached on disk (each is under the persistent cache's threshold);
   jitted, one program compiles once per module and shape (a run's seeds, the
-  runs a landscape command restores), and the disk cache keeps it. On a
-  2-core CPU this takes a ResNet-10 run's start-up from 34 to 24 s of CPU.
+  runs a landscape command restores), and the disk cache keeps it.
   """
   return module.init(rngs, example_inputs, train=False)
 
