@@ -7,6 +7,7 @@ call them. Models, data and training live in their subpackages.
 
 from sam_jax import auc, interop
 from sam_jax.optimizers import (
+    ae_sam,
     asam,
     crsam,
     friendly_sam,
@@ -14,6 +15,8 @@ from sam_jax.optimizers import (
     grad_fn_from_loss,
     gsam,
     is_sharpness_aware,
+    looksam,
+    randomized_sam,
     sam,
     stable_sam,
     update_with_aux,
@@ -31,6 +34,7 @@ def __getattr__(name):
   raise AttributeError(f"module 'sam_jax' has no attribute {name!r}")
 
 __all__ = [
+    "ae_sam",
     "asam",
     "auc",
     "crsam",
@@ -41,6 +45,8 @@ __all__ = [
     "interop",
     "is_sharpness_aware",
     "load_run",
+    "looksam",
+    "randomized_sam",
     "sam",
     "stable_sam",
     "update_with_aux",

@@ -23,25 +23,32 @@ from sam_jax.optimizers._base import (
     sharpness_state,
     update_with_aux,
 )
+from sam_jax.optimizers.ae_sam import AESAMState, ae_sam
 from sam_jax.optimizers.asam import ASAMState, asam
 from sam_jax.optimizers.crsam import CRSAMState, crsam
 from sam_jax.optimizers.friendly_sam import FriendlySAMState, friendly_sam
 from sam_jax.optimizers.gcsam import GCSAMState, gcsam
 from sam_jax.optimizers.gsam import GSAMState, gsam
+from sam_jax.optimizers.looksam import LookSAMState, looksam
+from sam_jax.optimizers.randomized_sam import RandomizedSAMState, randomized_sam
 from sam_jax.optimizers.sam import SAMState, sam
 from sam_jax.optimizers.stable_sam import StableSAMState, stable_sam
 from sam_jax.optimizers.wsam import WSAMState, wsam
 
 __all__ = [
+    "AESAMState",
     "ASAMState",
     "CRSAMState",
     "FriendlySAMState",
     "GCSAMState",
     "GSAMState",
     "GradFn",
+    "LookSAMState",
+    "RandomizedSAMState",
     "SAMState",
     "StableSAMState",
     "WSAMState",
+    "ae_sam",
     "asam",
     "crsam",
     "friendly_sam",
@@ -50,6 +57,8 @@ __all__ = [
     "grad_fn_from_loss",
     "gsam",
     "is_sharpness_aware",
+    "looksam",
+    "randomized_sam",
     "sam",
     "sharpness_state",
     "stable_sam",

@@ -159,6 +159,49 @@ def sam_perturbation(
   return jax.tree.map(lambda s, a: s * a * scale, scaled, w_abs)
 
 
+def sam_or_clean(
+    take: jax.Array,
+    grads: Grads,
+    params: Params,
+    rho: jax.Array,
+    eps: float,
+    grad_fn: GradFn,
+    who: str,
+) -> Grads:
+  """SAM's adversarial gradient ``∇L(w + ε)`` when ``take``, else ``grads``.
+
+  Through :func:`jax.lax.cond`, so that on a step that does not take SAM the
+  second forward/backward pass is not computed at all (the point of the
+  cheap variants). Under :func:`jax.vmap` with a batched ``take`` (vmapped
+  seeds) ``cond`` becomes a ``select`` and both branches run: the result is
+  right, the saving is lost. The aux of ``grad_fn`` is dropped: it exists
+  on some steps only, and a jitted step's metrics need a fixed structure.
+  ``take`` must agree across devices when ``grad_fn`` holds a collective.
+  """
+  def adversarial(_):
+    perturbation = sam_perturbation(grads, params, rho, eps)
+    g_p = evaluate(grad_fn, perturb(params, perturbation), name=PERTURBED, aux_sink=None,
+                   who=who)
+    return jax.tree.map(lambda a, g: a.astype(g.dtype), g_p, grads)
+
+  return jax.lax.cond(take, adversarial, lambda _: grads, None)
+
+
+def take_if_nonfinite(take: jax.Array, grads: Grads, axis_name: Optional[str]) -> jax.Array:
+  """``take`` forced on when ``grads`` is not finite, and made equal on every device.
+
+  A non-finite clean gradient then goes through SAM's perturbation, which
+  spreads it to every leaf (the documented behaviour: nothing hidden), rather
+  than through the clean branch, which would leave one bad leaf among good
+  ones. Across devices the decision is the logical or of the devices', so a
+  collective inside ``grad_fn`` sees every device take the same branch.
+  """
+  take = jnp.logical_or(take, ~jnp.isfinite(global_norm(grads)))
+  if axis_name is not None:
+    take = jax.lax.pmax(take.astype(jnp.int32), axis_name).astype(bool)
+  return take
+
+
 def cross_device_mean(tree: Any, axis_name: Optional[str]) -> Any:
   """Average ``tree`` over ``axis_name``; identity when it is ``None``."""
   if axis_name is None:
@@ -225,6 +268,24 @@ def check_hyperparameter(
   if maximum is not None and (v > maximum or (v == maximum and not max_inclusive)):
     bound = "<=" if max_inclusive else "<"
     raise ValueError(f"{what} must be {bound} {maximum}, got {v}.")
+
+
+def check_integer(who: str, name: str, value: Any, minimum: int) -> None:
+  """Raises ``ValueError`` unless ``value`` is an integer ``>= minimum``.
+
+  An integer array is accepted (``optax.inject_hyperparams`` passes one); a
+  traced one cannot be checked and is let through, as in
+  :func:`check_hyperparameter`.
+  """
+  if isinstance(value, bool) or isinstance(value, float):
+    raise ValueError(f"{who}: {name} must be an int, got {value!r}.")
+  concrete = _concrete(value)
+  if concrete is None:
+    return
+  if concrete.ndim != 0 or concrete.dtype.kind not in "iu":
+    raise ValueError(f"{who}: {name} must be an int, got {value!r}.")
+  if int(concrete) < minimum:
+    raise ValueError(f"{who}: {name} must be >= {minimum}, got {int(concrete)}.")
 
 
 def concrete_float(value: Any) -> Optional[float]:

@@ -94,11 +94,15 @@ class TrainConfig:
   rho: Optional[float] = None           # radius of the perturbation (GSAM: rho_max)
   rho_min: Optional[float] = None       # GSAM: ρ follows the lr down to rho_min
   eta: Optional[float] = None           # ASAM
-  alpha: Optional[float] = None         # GSAM
+  alpha: Optional[float] = None         # GSAM, LookSAM
   gamma: Optional[float] = None         # WSAM, CR-SAM
   beta: Optional[float] = None          # CR-SAM
   sigma: Optional[float] = None         # F-SAM
   lmbda: Optional[float] = None         # F-SAM
+  period: Optional[int] = None          # LookSAM: SAM every period steps
+  threshold: Optional[float] = None     # AE-SAM: SAM when ‖g‖² ≥ μ + threshold·σ
+  ema_decay: Optional[float] = None     # AE-SAM: decay of μ and σ²
+  probability: Optional[float] = None   # randomized SAM (RST): chance of a SAM step
   adaptive: Optional[bool] = None       # SAM, GSAM, WSAM, F-SAM element-wise variants
   adaptive_perturbation: Optional[bool] = None  # GSAM: big_vision's |w|-scaled ball instead
   decouple: Optional[bool] = None       # WSAM

@@ -36,11 +36,15 @@ SHARPNESS_METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs
     "gcsam": sam_jax.gcsam,
     "friendly_sam": sam_jax.friendly_sam,
     "stable_sam": sam_jax.stable_sam,
+    "looksam": sam_jax.looksam,
+    "ae_sam": sam_jax.ae_sam,
+    "randomized_sam": sam_jax.randomized_sam,
 }
 OPTIMIZERS = BASE_OPTIMIZERS + tuple(SHARPNESS_METHODS)
 SCHEDULES = ("constant", "multistep", "cosine")
 # Config field -> the factories' argument (GSAM calls its radius rho_max).
 _HYPERPARAMETERS = ("rho", "rho_min", "eta", "alpha", "gamma", "beta", "sigma", "lmbda",
+                    "period", "threshold", "ema_decay", "probability",
                     "adaptive", "adaptive_perturbation", "decouple")
 
 
@@ -137,8 +141,10 @@ def sharpness_kwargs(config: TrainConfig, method: str) -> dict[str, Any]:
     name = "rho_max" if (field == "rho" and method == "gsam") else field
     if name not in accepted:
       raise ValueError(f"{method} takes no {field!r} (its hyperparameters: "
-                       f"{', '.join(p for p in accepted if p not in ('eps', 'mask', 'base'))}).")
+                       f"{', '.join(p for p in accepted if p not in ('eps', 'mask', 'base', 'seed'))}).")
     kwargs[name] = value
+  if method == "randomized_sam":
+    kwargs["seed"] = config.seed  # each seed of a study draws its own SAM steps
   return kwargs
 
 

@@ -30,7 +30,14 @@ METHODS = {
     "gcsam": (sam_jax.gcsam, dict(rho=0.1)),
     "friendly_sam": (sam_jax.friendly_sam, dict(rho=0.1, sigma=0.5, lmbda=0.9)),
     "stable_sam": (sam_jax.stable_sam, dict(rho=0.1)),
+    "looksam": (sam_jax.looksam, dict(rho=0.1, period=2, alpha=0.5)),
+    "ae_sam": (sam_jax.ae_sam, dict(rho=0.1, threshold=0.5, ema_decay=0.6)),
+    "randomized_sam": (sam_jax.randomized_sam, dict(rho=0.1, probability=0.5, seed=3)),
 }
+# The methods that take the second pass on some steps only (through lax.cond). Each
+# takes it on the first step (randomized_sam: seed 3 draws 0.009 there), so that
+# the first direction is SAM's, which the per-device checks compare.
+SOMETIMES = ("looksam", "ae_sam", "randomized_sam")
 # The name of each method's radius argument.
 RADIUS = {name: ("rho_max" if name == "gsam" else "rho") for name in METHODS}
 
@@ -300,6 +307,27 @@ def test_same_update_as_optax_contrib_sam_opaque_mode(problem):
 
 # ----------------------------------------------------------------------------
 # Aux and introspection.
+
+
+@pytest.mark.parametrize("name", SOMETIMES)
+def test_steps_without_sam_do_not_evaluate_grad_fn(name, problem):
+  """The second pass runs (under jit, counted at run time) exactly on the SAM steps."""
+  calls = []
+
+  def counting_grad_fn(p):
+    jax.debug.callback(lambda: calls.append(1))
+    return problem.grad_fn(p)
+
+  tx = build(name)
+  state = tx.init(problem.params)
+  step = jax.jit(lambda p, s: tx.update(problem.grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
+  params = problem.params
+  for _ in range(8):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, jax.tree.map(lambda u: -0.5 * u, updates))
+  jax.effects_barrier()
+  assert 0 < len(calls) < 8
+  assert len(calls) == int(state.sam_steps)
 
 
 def test_update_with_aux_returns_the_perturbed_loss(problem):

@@ -26,6 +26,8 @@ SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 # CR-SAM's curvature terms are sums that round (checked to float tolerance).
 EXACT_AT_ZERO_RADIUS = ("sam", "sam_adaptive", "asam", "wsam", "wsam_decoupled", "gcsam",
                         "friendly_sam", "stable_sam")
+# LookSAM, AE-SAM and randomized SAM evaluate grad_fn inside lax.cond, compiled apart
+# from the eager clean gradient: equal to float tolerance, not bit for bit.
 
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 names = st.sampled_from(["kernel", "bias", "scale", "embedding", "w"])

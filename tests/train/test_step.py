@@ -122,7 +122,12 @@ METHODS = {
     "gcsam": optax.chain(sam_jax.gcsam(), optax.adam(1e-3)),
     "friendly_sam": optax.chain(sam_jax.friendly_sam(), optax.sgd(0.05)),
     "stable_sam": optax.chain(sam_jax.stable_sam(base=sam_jax.crsam()), optax.sgd(0.05)),
+    "looksam": optax.chain(sam_jax.looksam(0.05, period=2), optax.sgd(0.05)),
+    "ae_sam": optax.chain(sam_jax.ae_sam(0.05), optax.sgd(0.05)),
+    "randomized_sam": optax.chain(sam_jax.randomized_sam(0.05), optax.sgd(0.05)),
 }
+# Their second pass exists on some steps only, so its loss is not a metric.
+NO_PERTURBED_LOSS = ("sgd", "looksam", "ae_sam", "randomized_sam")
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -136,7 +141,7 @@ def test_every_method_runs_through_the_same_step(name):
     losses.append(float(metrics["loss"]))
     assert bool(metrics["finite"])
   assert int(state.step) == 3 and all(np.isfinite(losses))
-  assert ("perturbed_loss" in metrics) == (name != "sgd")
+  assert ("perturbed_loss" in metrics) == (name not in NO_PERTURBED_LOSS)
 
 
 def _nan_in(leaf_name: str, at_step: int = 0):
