@@ -102,7 +102,15 @@ def time_interleaved(runs: dict, batch: dict, rounds: int, steps: int) -> None:
         run["times"].append(time.perf_counter() - start)
 
 
-def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only) -> dict:
+def sam_steps(opt_state):
+  """How many updates took the second pass, for the methods that count them (else None)."""
+  counts = [x.sam_steps for x in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: hasattr(x, "sam_steps")) if hasattr(x, "sam_steps")]
+  return int(counts[0]) if counts else None
+
+
+def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only,
+                    method_table=methods) -> dict:
   name, kwargs, label = parse_model(spec)
   model = models.create_model(name, 2, **kwargs)
   rng = np.random.default_rng(0)
@@ -112,7 +120,7 @@ def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only) -
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
   loss = softmax_cross_entropy()
   runs, compile_s = {}, {}
-  for method, tx in methods().items():
+  for method, tx in method_table().items():
     if only and method not in only:
       continue
     state = create_train_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, model_state), tx)
@@ -121,13 +129,21 @@ def benchmark_model(spec: str, batch_size: int, rounds: int, steps: int, only) -
     state, metrics = step(state, batch, jax.random.key(0))
     jax.block_until_ready(metrics)
     compile_s[method] = time.perf_counter() - start
-    runs[method] = {"step": step, "state": state, "times": []}
+    runs[method] = {"step": step, "state": state, "times": [],
+                    "sam_steps_before": sam_steps(state.opt_state)}
   time_interleaved(runs, batch, rounds, steps)
   sgd = statistics.median(runs["sgd"]["times"]) if "sgd" in runs else None
   table = {}
   for method, run in runs.items():
     median = statistics.median(run["times"])
+    mean = statistics.fmean(run["times"])
+    before, after = run["sam_steps_before"], sam_steps(run["state"].opt_state)
     table[method] = {"median_s": median, "ratio_to_sgd": median / sgd if sgd else None,
+                     "mean_s": mean,
+                     "mean_ratio_to_sgd": mean / statistics.fmean(runs["sgd"]["times"])
+                     if sgd else None,
+                     "sam_fraction": None if before is None
+                     else (after - before) / len(run["times"]),
                      "compile_s": compile_s[method], "timed_steps": len(run["times"]),
                      "passes": PASSES.get(method, 2)}
   return {"model": label, "params": int(sum(x.size for x in jax.tree.leaves(params))),

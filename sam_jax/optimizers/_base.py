@@ -159,6 +159,39 @@ def sam_perturbation(
   return jax.tree.map(lambda s, a: s * a * scale, scaled, w_abs)
 
 
+SKIP_MODES = ("auto", "cond", "select")
+
+
+def check_skip(who: str, skip: str) -> None:
+  if skip not in SKIP_MODES:
+    raise ValueError(f"{who}: skip must be one of {', '.join(SKIP_MODES)}, got {skip!r}.")
+
+
+def branch(take: jax.Array, if_true: Callable[[], Any], if_false: Callable[[], Any],
+           skip: str) -> Any:
+  """``if_true()`` when ``take``, else ``if_false()``: skipped or computed and selected.
+
+  ``skip="cond"``: :func:`jax.lax.cond`, the branch not taken is not computed
+  (the point of the cheap variants). ``"select"``: both are computed and the
+  result selected, at the cost of both. ``"auto"``: ``cond`` except on CPU,
+  where XLA runs a convolution's gradient inside a conditional (or loop) body
+  about 20-35x slower than outside (jax-ml/jax#12868: there the weight
+  gradient is not rewritten to the fast Eigen form), which made a ResNet step
+  with a rarely taken SAM branch cost 3-10x SGD's (see BUILD_NOTES). The two
+  modes give the same result.
+
+  Under :func:`jax.vmap` with a batched ``take`` (vmapped seeds) ``cond``
+  becomes a select too. ``take`` must agree across devices when a branch
+  holds a collective.
+  """
+  if skip == "auto":
+    skip = "select" if jax.default_backend() == "cpu" else "cond"
+  if skip == "cond":
+    return jax.lax.cond(take, lambda _: if_true(), lambda _: if_false(), None)
+  yes, no = if_true(), if_false()
+  return jax.tree.map(lambda a, b: jnp.where(take, a, b), yes, no)
+
+
 def sam_or_clean(
     take: jax.Array,
     grads: Grads,
@@ -167,24 +200,22 @@ def sam_or_clean(
     eps: float,
     grad_fn: GradFn,
     who: str,
+    skip: str = "auto",
 ) -> Grads:
   """SAM's adversarial gradient ``∇L(w + ε)`` when ``take``, else ``grads``.
 
-  Through :func:`jax.lax.cond`, so that on a step that does not take SAM the
-  second forward/backward pass is not computed at all (the point of the
-  cheap variants). Under :func:`jax.vmap` with a batched ``take`` (vmapped
-  seeds) ``cond`` becomes a ``select`` and both branches run: the result is
-  right, the saving is lost. The aux of ``grad_fn`` is dropped: it exists
-  on some steps only, and a jitted step's metrics need a fixed structure.
-  ``take`` must agree across devices when ``grad_fn`` holds a collective.
+  Through :func:`branch`, so that with ``skip="cond"`` a step that does not
+  take SAM does not compute the second forward/backward pass. The aux of
+  ``grad_fn`` is dropped: it exists on some steps only, and a jitted step's
+  metrics need a fixed structure.
   """
-  def adversarial(_):
+  def adversarial():
     perturbation = sam_perturbation(grads, params, rho, eps)
     g_p = evaluate(grad_fn, perturb(params, perturbation), name=PERTURBED, aux_sink=None,
                    who=who)
     return jax.tree.map(lambda a, g: a.astype(g.dtype), g_p, grads)
 
-  return jax.lax.cond(take, adversarial, lambda _: grads, None)
+  return branch(take, adversarial, lambda: grads, skip)
 
 
 def take_if_nonfinite(take: jax.Array, grads: Grads, axis_name: Optional[str]) -> jax.Array:

@@ -34,6 +34,7 @@ def ae_sam(
     ema_decay: float = 0.9,
     *,
     eps: float = 1e-12,
+    skip: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adaptive policy to employ SAM: SAM where ``‖g‖²`` is high, the clean gradient elsewhere.
 
@@ -48,7 +49,8 @@ def ae_sam(
       if n ≥ μ + c·σ:  direction = ∇L(w + ρ·g/(‖g‖ + eps))   (one call of grad_fn)
       else:            direction = g                          (no second pass)
 
-  The choice is a :func:`jax.lax.cond`: a step without SAM costs one
+  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the
+  choice is a :func:`jax.lax.cond`: a step without SAM costs one
   forward/backward pass. ``threshold`` (``c``) sets the fraction of SAM steps (about half
   for ``c = 0`` if ``n`` is roughly Gaussian, fewer for larger ``c``); the
   paper moves it linearly during training, which a schedule does here, e.g.
@@ -66,6 +68,11 @@ def ae_sam(
     threshold: ``c``, in standard deviations (float or schedule; any sign).
     ema_decay: ``δ``, the decay of the moving averages, in [0, 1).
     eps: added to the gradient norm in the perturbation.
+    skip: how the steps without SAM avoid its second pass: ``"cond"``
+      (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
+      discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
+      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      :func:`sam_jax.optimizers._base.branch`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs
@@ -81,6 +88,7 @@ def ae_sam(
   _base.check_hyperparameter("ema_decay", ema_decay, minimum=0.0, maximum=1.0,
                              max_inclusive=False)
   _base.check_hyperparameter("eps", eps, minimum=0.0, min_inclusive=False)
+  _base.check_skip("ae_sam", skip)
 
   def init_fn(params: Any) -> AESAMState:
     del params
@@ -110,7 +118,7 @@ def ae_sam(
     # Written as "not below" so that a NaN norm takes SAM (see take_if_nonfinite).
     take = ~(norm_sq < mean + c_t * jnp.sqrt(variance))
     take = _base.take_if_nonfinite(take, updates, axis_name)
-    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "ae_sam")
+    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "ae_sam", skip)
     direction = _base.cross_device_mean(direction, axis_name)
     return direction, AESAMState(
         count=optax.safe_increment(state.count), mean=mean, variance=variance,

@@ -33,6 +33,7 @@ def looksam(
     alpha: _base.ScalarOrSchedule = 0.7,
     *,
     eps: float = 1e-12,
+    skip: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: the SAM gradient every ``k`` steps, a cheap surrogate in between.
 
@@ -52,9 +53,10 @@ def looksam(
   angle; a SAM step at ``ρ = 0`` sets it to zero (it would be rounding noise),
   so a radius schedule that reaches 0 leaves the base optimizer.
 
-  The choice between the branches is a :func:`jax.lax.cond`, so the steps in
-  between cost one forward/backward pass: about ``(1 + 1/k)`` SGD
-  steps on average. One parameter-sized buffer (``g_v``) is kept.
+  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the choice
+  between the branches is a :func:`jax.lax.cond`, so the steps in between
+  cost one forward/backward pass: about ``(1 + 1/k)`` SGD steps on average.
+  One parameter-sized buffer (``g_v``) is kept.
 
   Under data parallelism (``axis_name``) each device perturbs with its own
   gradient, as :func:`sam` does; ``g_v`` is then averaged across devices so
@@ -69,6 +71,11 @@ def looksam(
     alpha: the weight of the reused component (float or schedule); the
       paper's ViT runs use 0.7.
     eps: added to every norm.
+    skip: how the steps without SAM avoid its second pass: ``"cond"``
+      (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
+      discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
+      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      :func:`sam_jax.optimizers._base.branch`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs
@@ -82,6 +89,7 @@ def looksam(
   _base.check_hyperparameter("rho", rho, minimum=0.0)
   _base.check_hyperparameter("alpha", alpha, minimum=0.0)
   _base.check_hyperparameter("eps", eps, minimum=0.0, min_inclusive=False)
+  _base.check_skip("looksam", skip)
   _base.check_integer("looksam", "period", period, minimum=1)
 
   def init_fn(params: Any) -> LookSAMState:
@@ -107,7 +115,7 @@ def looksam(
     g_norm = _base.global_norm(g)
     take = _base.take_if_nonfinite(state.count % period == 0, g, axis_name)
 
-    def sam_step(_):
+    def sam_step():
       perturbation = _base.sam_perturbation(g, params, rho_t, eps)
       g_s = _base.evaluate(grad_fn, _base.perturb(params, perturbation),
                            name=_base.PERTURBED, aux_sink=None, who="looksam")
@@ -120,11 +128,11 @@ def looksam(
       g_v = _base.cross_device_mean(g_v, axis_name)
       return _base.tree_combine((1.0, g_s), like=g), g_v
 
-    def reuse_step(_):
+    def reuse_step():
       scale = alpha_t * g_norm / (_base.global_norm(state.orthogonal) + eps)
       return _base.tree_combine((1.0, g), (scale, state.orthogonal), like=g), state.orthogonal
 
-    direction, orthogonal = jax.lax.cond(take, sam_step, reuse_step, None)
+    direction, orthogonal = _base.branch(take, sam_step, reuse_step, skip)
     direction = _base.cross_device_mean(direction, axis_name)
     return direction, LookSAMState(
         count=optax.safe_increment(state.count),

@@ -30,6 +30,7 @@ def randomized_sam(
     *,
     seed: int = 0,
     eps: float = 1e-12,
+    skip: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Randomized sharpness-aware training (RST): SAM with probability ``p``, else the clean gradient.
 
@@ -41,7 +42,8 @@ def randomized_sam(
       b_t = 1:  direction = ∇L(w + ρ·g/(‖g‖ + eps))    (one call of grad_fn)
       b_t = 0:  direction = g                           (no second pass)
 
-  The choice is a :func:`jax.lax.cond`: the expected cost is ``1 + p`` SGD
+  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the
+  choice is a :func:`jax.lax.cond`: the expected cost is ``1 + p`` SGD
   steps. The draws depend only on ``seed`` and the step, so they are the same
   on every device (and across vmapped seeds, where the ``cond`` then stays a
   real branch), and a resumed run draws what the uninterrupted one would
@@ -59,6 +61,11 @@ def randomized_sam(
       schedule); 1 is SAM, 0 is the base optimizer.
     seed: the seed of the draws.
     eps: added to the gradient norm.
+    skip: how the steps without SAM avoid its second pass: ``"cond"``
+      (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
+      discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
+      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      :func:`sam_jax.optimizers._base.branch`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs
@@ -72,6 +79,7 @@ def randomized_sam(
   _base.check_hyperparameter("rho", rho, minimum=0.0)
   _base.check_hyperparameter("probability", probability, minimum=0.0, maximum=1.0)
   _base.check_hyperparameter("eps", eps, minimum=0.0, min_inclusive=False)
+  _base.check_skip("randomized_sam", skip)
   _base.check_integer("randomized_sam", "seed", seed, minimum=-2**63)
 
   def init_fn(params: Any) -> RandomizedSAMState:
@@ -94,7 +102,7 @@ def randomized_sam(
     p_t = _base.value_at(probability, state.count)
     take = draw(seed, state.count) < p_t
     take = _base.take_if_nonfinite(take, updates, axis_name)
-    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "randomized_sam")
+    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "randomized_sam", skip)
     direction = _base.cross_device_mean(direction, axis_name)
     return direction, RandomizedSAMState(
         count=optax.safe_increment(state.count),

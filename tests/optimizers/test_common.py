@@ -30,9 +30,12 @@ METHODS = {
     "gcsam": (sam_jax.gcsam, dict(rho=0.1)),
     "friendly_sam": (sam_jax.friendly_sam, dict(rho=0.1, sigma=0.5, lmbda=0.9)),
     "stable_sam": (sam_jax.stable_sam, dict(rho=0.1)),
-    "looksam": (sam_jax.looksam, dict(rho=0.1, period=2, alpha=0.5)),
-    "ae_sam": (sam_jax.ae_sam, dict(rho=0.1, threshold=0.5, ema_decay=0.6)),
-    "randomized_sam": (sam_jax.randomized_sam, dict(rho=0.1, probability=0.5, seed=3)),
+    # lax.cond, which "auto" avoids on CPU: these tests (and the 4-device ones) run the
+    # branch that accelerators run; test_skipping_by_cond_or_by_select_... the other.
+    "looksam": (sam_jax.looksam, dict(rho=0.1, period=2, alpha=0.5, skip="cond")),
+    "ae_sam": (sam_jax.ae_sam, dict(rho=0.1, threshold=0.5, ema_decay=0.6, skip="cond")),
+    "randomized_sam": (sam_jax.randomized_sam, dict(rho=0.1, probability=0.5, seed=3,
+                                                    skip="cond")),
 }
 # The methods that take the second pass on some steps only (through lax.cond). Each
 # takes it on the first step (randomized_sam: seed 3 draws 0.009 there), so that
@@ -318,7 +321,7 @@ def test_steps_without_sam_do_not_evaluate_grad_fn(name, problem):
     jax.debug.callback(lambda: calls.append(1))
     return problem.grad_fn(p)
 
-  tx = build(name)
+  tx = build(name, skip="cond")
   state = tx.init(problem.params)
   step = jax.jit(lambda p, s: tx.update(problem.grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
   params = problem.params
@@ -328,6 +331,20 @@ def test_steps_without_sam_do_not_evaluate_grad_fn(name, problem):
   jax.effects_barrier()
   assert 0 < len(calls) < 8
   assert len(calls) == int(state.sam_steps)
+
+
+@pytest.mark.parametrize("name", SOMETIMES)
+def test_skipping_by_cond_or_by_select_gives_the_same_updates(name, problem):
+  runs = [run_updates(optax.chain(build(name, skip=skip), optax.sgd(0.5)), problem, jit=True,
+                      steps=6, apply=True)[0] for skip in ("cond", "select")]
+  for got, want in zip(*runs):
+    assert_same(got, want)
+
+
+@pytest.mark.parametrize("name", SOMETIMES)
+def test_unknown_skip_mode_is_rejected(name):
+  with pytest.raises(ValueError, match="skip"):
+    build(name, skip="never")
 
 
 def test_update_with_aux_returns_the_perturbed_loss(problem):
