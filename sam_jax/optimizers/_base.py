@@ -173,23 +173,50 @@ def branch(take: jax.Array, if_true: Callable[[], Any], if_false: Callable[[], A
 
   ``skip="cond"``: :func:`jax.lax.cond`, the branch not taken is not computed
   (the point of the cheap variants). ``"select"``: both are computed and the
-  result selected, at the cost of both. ``"auto"``: ``cond`` except on CPU,
-  where XLA runs a convolution's gradient inside a conditional (or loop) body
-  about 20-35x slower than outside (jax-ml/jax#12868: there the weight
-  gradient is not rewritten to the fast Eigen form), which made a ResNet step
-  with a rarely taken SAM branch cost 3-10x SGD's (see BUILD_NOTES). The two
-  modes give the same result.
+  result selected, at the cost of both. ``"auto"``: ``cond``, except on CPU
+  when the branch holds a convolution: XLA:CPU runs a convolution's gradient
+  inside a conditional (or loop) body 20-35x slower than outside
+  (jax-ml/jax#12868: there the weight gradient is not rewritten to the fast
+  Eigen form), which made a ResNet step with a rarely taken SAM branch cost
+  4-11x SGD's, while a ViT's (dots only) took LookSAM to 1.17x (see
+  BUILD_NOTES). The two modes give the same result.
 
   Under :func:`jax.vmap` with a batched ``take`` (vmapped seeds) ``cond``
   becomes a select too. ``take`` must agree across devices when a branch
   holds a collective.
   """
   if skip == "auto":
-    skip = "select" if jax.default_backend() == "cpu" else "cond"
+    slow = jax.default_backend() == "cpu" and _holds_convolution(if_true)
+    skip = "select" if slow else "cond"
   if skip == "cond":
     return jax.lax.cond(take, lambda _: if_true(), lambda _: if_false(), None)
   yes, no = if_true(), if_false()
   return jax.tree.map(lambda a, b: jnp.where(take, a, b), yes, no)
+
+
+def _holds_convolution(fn: Callable[[], Any]) -> bool:
+  """Whether tracing ``fn`` meets a convolution (nested jaxprs included).
+
+  Traced once more at trace time, not compiled. A trace that fails here (an
+  unusual ``grad_fn``) counts as holding one: ``select`` is always right.
+  """
+  try:
+    closed = jax.make_jaxpr(fn)()
+  except Exception:  # pylint: disable=broad-except
+    return True
+
+  def visit(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        return True
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          inner = getattr(sub, "jaxpr", sub)
+          if hasattr(inner, "eqns") and visit(inner):
+            return True
+    return False
+
+  return visit(closed.jaxpr)
 
 
 def sam_or_clean(

@@ -49,7 +49,7 @@ def ae_sam(
       if n ≥ μ + c·σ:  direction = ∇L(w + ρ·g/(‖g‖ + eps))   (one call of grad_fn)
       else:            direction = g                          (no second pass)
 
-  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the
+  With ``skip="cond"`` (the default, except for convolutions on CPU: see ``skip``) the
   choice is a :func:`jax.lax.cond`: a step without SAM costs one
   forward/backward pass. ``threshold`` (``c``) sets the fraction of SAM steps (about half
   for ``c = 0`` if ``n`` is roughly Gaussian, fewer for larger ``c``); the
@@ -71,7 +71,8 @@ def ae_sam(
     skip: how the steps without SAM avoid its second pass: ``"cond"``
       (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
       discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
-      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      CPU for a ``grad_fn`` with convolutions, whose gradients XLA:CPU runs
+      20-35x slower inside a ``cond``; see
       :func:`sam_jax.optimizers._base.branch`).
 
   Returns:

@@ -53,7 +53,7 @@ def looksam(
   angle; a SAM step at ``ρ = 0`` sets it to zero (it would be rounding noise),
   so a radius schedule that reaches 0 leaves the base optimizer.
 
-  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the choice
+  With ``skip="cond"`` (the default, except for convolutions on CPU: see ``skip``) the choice
   between the branches is a :func:`jax.lax.cond`, so the steps in between
   cost one forward/backward pass: about ``(1 + 1/k)`` SGD steps on average.
   One parameter-sized buffer (``g_v``) is kept.
@@ -74,7 +74,8 @@ def looksam(
     skip: how the steps without SAM avoid its second pass: ``"cond"``
       (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
       discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
-      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      CPU for a ``grad_fn`` with convolutions, whose gradients XLA:CPU runs
+      20-35x slower inside a ``cond``; see
       :func:`sam_jax.optimizers._base.branch`).
 
   Returns:

@@ -42,7 +42,7 @@ def randomized_sam(
       b_t = 1:  direction = ∇L(w + ρ·g/(‖g‖ + eps))    (one call of grad_fn)
       b_t = 0:  direction = g                           (no second pass)
 
-  With ``skip="cond"`` (the default, except on CPU: see ``skip``) the
+  With ``skip="cond"`` (the default, except for convolutions on CPU: see ``skip``) the
   choice is a :func:`jax.lax.cond`: the expected cost is ``1 + p`` SGD
   steps. The draws depend only on ``seed`` and the step, so they are the same
   on every device (and across vmapped seeds, where the ``cond`` then stays a
@@ -64,7 +64,8 @@ def randomized_sam(
     skip: how the steps without SAM avoid its second pass: ``"cond"``
       (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
       discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
-      CPU where XLA's convolution gradients are slow inside a ``cond``; see
+      CPU for a ``grad_fn`` with convolutions, whose gradients XLA:CPU runs
+      20-35x slower inside a ``cond``; see
       :func:`sam_jax.optimizers._base.branch`).
 
   Returns:

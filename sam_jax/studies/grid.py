@@ -26,6 +26,7 @@ import itertools
 import json
 import pathlib
 import runpy
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from sam_jax.train import config as config_lib
@@ -108,6 +109,14 @@ def expand(blocks: Iterable[Block], seeds: Sequence[int],
   return runs
 
 
+def package_root(path: pathlib.Path) -> pathlib.Path:
+  """The directory above the outermost package (``__init__.py``) that holds ``path``."""
+  root = path.resolve().parent
+  while (root / "__init__.py").is_file():
+    root = root.parent
+  return root
+
+
 def load_study(path: str | pathlib.Path, preset: str) -> Study:
   """The :class:`Study` that the file's ``get_study(preset)`` returns."""
   path = pathlib.Path(path)
@@ -115,10 +124,20 @@ def load_study(path: str | pathlib.Path, preset: str) -> Study:
     raise FileNotFoundError(f"study file not found: {path}")
   from sam_jax.train.config import describe_file_error
 
+  # A study file imports its package's siblings (experiments.studies.common) as it
+  # would under `python -m` from the project root: that root goes on sys.path (the
+  # console script `sam-jax` does not put the working directory there).
+  root = package_root(path)
+  added = str(root) not in sys.path
+  if added:
+    sys.path.insert(0, str(root))
   try:
     namespace = runpy.run_path(str(path))
   except Exception as error:  # a study file is executed code: its errors are the file's
     raise ValueError(f"study file {path} raised {describe_file_error(error, path)}") from None
+  finally:
+    if added:
+      sys.path.remove(str(root))
   if "get_study" not in namespace:
     raise ValueError(f"{path} must define get_study(preset) returning a sam_jax.studies.Study.")
   try:

@@ -341,6 +341,44 @@ def test_skipping_by_cond_or_by_select_gives_the_same_updates(name, problem):
     assert_same(got, want)
 
 
+def conv_problem():
+  """A one-convolution loss, the kind XLA:CPU runs slowly inside a cond."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)), jnp.float32)
+  params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 2)), jnp.float32)}}
+
+  def loss(p):
+    y = jax.lax.conv_general_dilated(x, p["conv"]["kernel"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.mean(jnp.tanh(y - 0.5) ** 2)
+
+  return params, sam_jax.grad_fn_from_loss(loss)
+
+
+@pytest.mark.parametrize("name", SOMETIMES)
+@pytest.mark.parametrize("with_convolution", [False, True])
+def test_auto_skips_by_cond_unless_a_convolution_runs_on_cpu(name, with_convolution, problem):
+  """skip="auto" evaluates grad_fn on the SAM steps only (cond), except on CPU for a
+  grad_fn with a convolution, where it evaluates it on every step (select)."""
+  params, grad_fn = conv_problem() if with_convolution else (problem.params, problem.grad_fn)
+  calls = []
+
+  def counting_grad_fn(p):
+    jax.debug.callback(lambda: calls.append(1))
+    return grad_fn(p)
+
+  tx = build(name, skip="auto")
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
+  for _ in range(6):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, jax.tree.map(lambda u: -0.5 * u, updates))
+  jax.effects_barrier()
+  assert 0 < int(state.sam_steps) < 6, "both branches should be exercised"
+  selects = with_convolution and jax.default_backend() == "cpu"
+  assert len(calls) == (6 if selects else int(state.sam_steps))
+
+
 @pytest.mark.parametrize("name", SOMETIMES)
 def test_unknown_skip_mode_is_rejected(name):
   with pytest.raises(ValueError, match="skip"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -162,9 +163,26 @@ def test_grid_cli_status_and_bad_study_file(tmp_path, capsys):
   assert "0 done, 0 changed, 0 running, 0 started, 0 failed, 15 pending of 15 runs" in capsys.readouterr().out
 
 
+def test_a_study_file_imports_its_package_siblings_from_any_directory(tmp_path, monkeypatch):
+  """The console script does not put the working directory on sys.path; the loader puts
+  the package's root there, as `python -m` from that root would."""
+  package = tmp_path / "proj" / "exp" / "studies"
+  package.mkdir(parents=True)
+  for d in (package.parent, package):
+    (d / "__init__.py").write_text("")
+  (package / "shared.py").write_text("RUNS = []\n")
+  (package / "s.py").write_text(
+      "from exp.studies import shared\nfrom sam_jax import studies\n"
+      "def get_study(preset):\n  return studies.Study(name='s', runs=shared.RUNS)\n")
+  monkeypatch.chdir(tmp_path)
+  assert studies.load_study(package / "s.py", "cpu").name == "s"
+  assert str(tmp_path / "proj") not in sys.path
+
+
 @pytest.mark.parametrize("name, preset, runs", [
     ("sharpness_medical.py", "cpu", 320), ("sharpness_medical.py", "paper", 600),
-    ("gcsam_busi.py", "cpu", 15), ("gcsam_busi.py", "paper", 15)])
+    ("gcsam_busi.py", "cpu", 15), ("gcsam_busi.py", "paper", 15),
+    ("medmnist3d.py", "cpu", 50), ("cheap_sam.py", "cpu", 50)])
 def test_the_committed_studies_expand(name, preset, runs):
   study = studies.load_study(ROOT / "experiments" / "studies" / name, preset)
   assert len(study.runs) == runs
