@@ -68,12 +68,8 @@ def ae_sam(
     threshold: ``c``, in standard deviations (float or schedule; any sign).
     ema_decay: ``δ``, the decay of the moving averages, in [0, 1).
     eps: added to the gradient norm in the perturbation.
-    skip: how the steps without SAM avoid its second pass: ``"cond"``
-      (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
-      discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
-      CPU for a ``grad_fn`` with convolutions, whose gradients XLA:CPU runs
-      20-35x slower inside a ``cond``; see
-      :func:`sam_jax.optimizers._base.branch`).
+    skip: ``"cond"`` (the second pass not computed), ``"select"`` (computed,
+      discarded) or ``"auto"``: :func:`sam_jax.optimizers._base.branch`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs

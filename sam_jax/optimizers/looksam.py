@@ -71,12 +71,8 @@ def looksam(
     alpha: the weight of the reused component (float or schedule); the
       paper's ViT runs use 0.7.
     eps: added to every norm.
-    skip: how the steps without SAM avoid its second pass: ``"cond"``
-      (:func:`jax.lax.cond`, not computed), ``"select"`` (computed and
-      discarded: SAM's cost, same result) or ``"auto"`` (``cond``, except on
-      CPU for a ``grad_fn`` with convolutions, whose gradients XLA:CPU runs
-      20-35x slower inside a ``cond``; see
-      :func:`sam_jax.optimizers._base.branch`).
+    skip: ``"cond"`` (the second pass not computed), ``"select"`` (computed,
+      discarded) or ``"auto"``: :func:`sam_jax.optimizers._base.branch`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose update needs
