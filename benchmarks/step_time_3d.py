@@ -39,6 +39,7 @@ import os
 import pathlib
 import platform
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,20 +57,23 @@ from sam_jax.train.step import make_train_step
 LR, RHO = 0.01, 0.05
 
 
-def torch_resnet18_3d(width: float, num_classes: int = 2):
-  """ResNet-18 3D with the CIFAR stem in PyTorch: the layout of sam_jax's ResNet."""
+def torch_resnet18(width: float, num_classes: int = 2, dims: int = 3):
+  """ResNet-18 with the CIFAR stem in PyTorch (2-D or 3-D): the layout of sam_jax's ResNet."""
   import torch.nn as tnn
+
+  conv = tnn.Conv3d if dims == 3 else tnn.Conv2d
+  norm = tnn.BatchNorm3d if dims == 3 else tnn.BatchNorm2d
 
   class Block(tnn.Module):
     def __init__(self, cin, cout, stride):
       super().__init__()
-      self.conv1 = tnn.Conv3d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = tnn.BatchNorm3d(cout)
-      self.conv2 = tnn.Conv3d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = tnn.BatchNorm3d(cout)
+      self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = norm(cout)
+      self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = norm(cout)
       self.down = None
       if stride != 1 or cin != cout:
-        self.down = tnn.Sequential(tnn.Conv3d(cin, cout, 1, stride, bias=False), tnn.BatchNorm3d(cout))
+        self.down = tnn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout))
 
     def forward(self, x):
       y = self.bn1(self.conv1(x)).relu()
@@ -77,28 +81,35 @@ def torch_resnet18_3d(width: float, num_classes: int = 2):
       return (y + (x if self.down is None else self.down(x))).relu()
 
   base = max(1, int(round(64 * width)))
-  layers = [tnn.Conv3d(1, base, 3, 1, 1, bias=False), tnn.BatchNorm3d(base), tnn.ReLU()]
+  layers = [conv(1, base, 3, 1, 1, bias=False), norm(base), tnn.ReLU()]
   cin = base
   for stage in range(4):
     cout = base * 2**stage
     for block in range(2):
       layers.append(Block(cin, cout, 2 if stage > 0 and block == 0 else 1))
       cin = cout
-  layers += [tnn.AdaptiveAvgPool3d(1), tnn.Flatten(), tnn.Linear(cin, num_classes)]
+  pool = tnn.AdaptiveAvgPool3d(1) if dims == 3 else tnn.AdaptiveAvgPool2d(1)
+  layers += [pool, tnn.Flatten(), tnn.Linear(cin, num_classes)]
   return tnn.Sequential(*layers)
 
 
 def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
-  """PyTorch SGD and SAM steps (closures) and the model's parameter count."""
+  """PyTorch SGD and SAM steps (closures) and the model's parameter count.
+
+  ``images`` are channels-last ``uint8`` (``N, *spatial, 1``); 2-D or 3-D by their rank.
+  """
   import torch
+
+  dims = images.ndim - 2
 
   def build():
     torch.manual_seed(0)
-    model = torch_resnet18_3d(width)
+    model = torch_resnet18(width, dims=dims)
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
 
-  # NCDHW, normalized to [-1, 1] as sam_jax's default preprocessing does.
-  x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
+  # Channels first, normalized to [-1, 1] as sam_jax's default preprocessing does.
+  x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)
+  x = x.permute(0, dims + 1, *range(1, dims + 1)).contiguous()
   y = torch.from_numpy(labels.astype(np.int64))
   loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -110,7 +121,7 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
     sgd_opt.step()
 
   sam_model, sam_opt = build()
-  batchnorms = [m for m in sam_model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+  batchnorms = [m for m in sam_model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
   def sam_step():
     sam_opt.zero_grad()
@@ -137,10 +148,15 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
   return {"sgd": sgd_step, "sam": sam_step}, count
 
 
-def jax_steps(width: float, impl: str, batch: dict, accumulation_steps: int = 1):
+def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps: int = 1):
   """sam_jax SGD and SAM steps (closures over their states), their compile times and the
-  parameter count; with ``accumulation_steps`` K > 1, the step of ``--accumulation-steps K``."""
-  model = models.create_model("resnet18_3d", 2, width=width, conv_impl=impl)
+  parameter count; with ``accumulation_steps`` K > 1, the step of ``--accumulation-steps K``.
+  ``impl=None``: the 2-D ResNet-18 (``batch`` of images), else the 3-D one with that
+  ``conv_impl``."""
+  if impl is None:
+    model = models.create_model("resnet18", 2, width=width)
+  else:
+    model = models.create_model("resnet18_3d", 2, width=width, conv_impl=impl)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
   loss = softmax_cross_entropy()
   steps, compile_s = {}, {}
