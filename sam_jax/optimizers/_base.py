@@ -228,21 +228,27 @@ def sam_or_clean(
     grad_fn: GradFn,
     who: str,
     skip: str = "auto",
-) -> Grads:
-  """SAM's adversarial gradient ``∇L(w + ε)`` when ``take``, else ``grads``.
+    axis_name: Optional[str] = None,
+) -> tuple[Grads, jax.Array]:
+  """``(direction, taken)``: SAM's ``∇L(w + ε)`` when ``take``, else ``grads``.
 
-  Through :func:`branch`, so that with ``skip="cond"`` a step that does not
-  take SAM does not compute the second forward/backward pass. The aux of
-  ``grad_fn`` is dropped: it exists on some steps only, and a jitted step's
-  metrics need a fixed structure.
+  ``take`` first goes through :func:`take_if_nonfinite` (``taken`` is what
+  was decided), then through :func:`branch`, so that with ``skip="cond"`` a
+  step that does not take SAM does not compute the second forward/backward
+  pass; the direction is averaged over ``axis_name``. The aux of ``grad_fn``
+  is dropped: it exists on some steps only, and a jitted step's metrics
+  need a fixed structure.
   """
+  take = take_if_nonfinite(take, grads, axis_name)
+
   def adversarial():
     perturbation = sam_perturbation(grads, params, rho, eps)
     g_p = evaluate(grad_fn, perturb(params, perturbation), name=PERTURBED, aux_sink=None,
                    who=who)
     return jax.tree.map(lambda a, g: a.astype(g.dtype), g_p, grads)
 
-  return branch(take, adversarial, lambda: grads, skip)
+  direction = branch(take, adversarial, lambda: grads, skip)
+  return cross_device_mean(direction, axis_name), take
 
 
 def take_if_nonfinite(take: jax.Array, grads: Grads, axis_name: Optional[str]) -> jax.Array:
@@ -335,7 +341,7 @@ def check_integer(who: str, name: str, value: Any, minimum: int) -> None:
   traced one cannot be checked and is let through, as in
   :func:`check_hyperparameter`.
   """
-  if isinstance(value, bool) or isinstance(value, float):
+  if isinstance(value, (bool, float)):
     raise ValueError(f"{who}: {name} must be an int, got {value!r}.")
   concrete = _concrete(value)
   if concrete is None:

@@ -112,11 +112,10 @@ def ae_sam(
     mean = ema_decay * state.mean + (1.0 - ema_decay) * norm_sq
     variance = (ema_decay * state.variance
                 + (1.0 - ema_decay) * jnp.square(norm_sq - mean))
-    # Written as "not below" so that a NaN norm takes SAM (see take_if_nonfinite).
+    # Written as "not below" so that a NaN norm takes SAM (see _base.take_if_nonfinite).
     take = ~(norm_sq < mean + c_t * jnp.sqrt(variance))
-    take = _base.take_if_nonfinite(take, updates, axis_name)
-    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "ae_sam", skip)
-    direction = _base.cross_device_mean(direction, axis_name)
+    direction, take = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "ae_sam",
+                                         skip, axis_name)
     return direction, AESAMState(
         count=optax.safe_increment(state.count), mean=mean, variance=variance,
         sam_steps=state.sam_steps + take.astype(jnp.int32))

@@ -97,10 +97,8 @@ def randomized_sam(
     grad_fn = _base.require_grad_fn(grad_fn, params, "randomized_sam")
     rho_t = _base.value_at(rho, state.count)
     p_t = _base.value_at(probability, state.count)
-    take = draw(seed, state.count) < p_t
-    take = _base.take_if_nonfinite(take, updates, axis_name)
-    direction = _base.sam_or_clean(take, updates, params, rho_t, eps, grad_fn, "randomized_sam", skip)
-    direction = _base.cross_device_mean(direction, axis_name)
+    direction, take = _base.sam_or_clean(draw(seed, state.count) < p_t, updates, params, rho_t,
+                                         eps, grad_fn, "randomized_sam", skip, axis_name)
     return direction, RandomizedSAMState(
         count=optax.safe_increment(state.count),
         sam_steps=state.sam_steps + take.astype(jnp.int32))

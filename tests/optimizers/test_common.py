@@ -312,25 +312,30 @@ def test_same_update_as_optax_contrib_sam_opaque_mode(problem):
 # Aux and introspection.
 
 
-@pytest.mark.parametrize("name", SOMETIMES)
-def test_steps_without_sam_do_not_evaluate_grad_fn(name, problem):
-  """The second pass runs (under jit, counted at run time) exactly on the SAM steps."""
+def count_grad_fn_calls(tx, params, grad_fn, steps):
+  """Runs ``steps`` jitted updates (descending); returns how many times grad_fn ran
+  (counted at run time) and the final state."""
   calls = []
 
   def counting_grad_fn(p):
     jax.debug.callback(lambda: calls.append(1))
-    return problem.grad_fn(p)
+    return grad_fn(p)
 
-  tx = build(name, skip="cond")
-  state = tx.init(problem.params)
-  step = jax.jit(lambda p, s: tx.update(problem.grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
-  params = problem.params
-  for _ in range(8):
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
+  for _ in range(steps):
     updates, state = step(params, state)
     params = optax.apply_updates(params, jax.tree.map(lambda u: -0.5 * u, updates))
   jax.effects_barrier()
-  assert 0 < len(calls) < 8
-  assert len(calls) == int(state.sam_steps)
+  return len(calls), state
+
+
+@pytest.mark.parametrize("name", SOMETIMES)
+def test_steps_without_sam_do_not_evaluate_grad_fn(name, problem):
+  """The second pass runs (under jit, counted at run time) exactly on the SAM steps."""
+  calls, state = count_grad_fn_calls(build(name, skip="cond"), problem.params, problem.grad_fn, 8)
+  assert 0 < calls < 8
+  assert calls == int(state.sam_steps)
 
 
 @pytest.mark.parametrize("name", SOMETIMES)
@@ -361,22 +366,10 @@ def test_auto_skips_by_cond_unless_a_convolution_runs_on_cpu(name, with_convolut
   """skip="auto" evaluates grad_fn on the SAM steps only (cond), except on CPU for a
   grad_fn with a convolution, where it evaluates it on every step (select)."""
   params, grad_fn = conv_problem() if with_convolution else (problem.params, problem.grad_fn)
-  calls = []
-
-  def counting_grad_fn(p):
-    jax.debug.callback(lambda: calls.append(1))
-    return grad_fn(p)
-
-  tx = build(name, skip="auto")
-  state = tx.init(params)
-  step = jax.jit(lambda p, s: tx.update(grad_fn(p)[0], s, p, grad_fn=counting_grad_fn))
-  for _ in range(6):
-    updates, state = step(params, state)
-    params = optax.apply_updates(params, jax.tree.map(lambda u: -0.5 * u, updates))
-  jax.effects_barrier()
+  calls, state = count_grad_fn_calls(build(name, skip="auto"), params, grad_fn, 6)
   assert 0 < int(state.sam_steps) < 6, "both branches should be exercised"
   selects = with_convolution and jax.default_backend() == "cpu"
-  assert len(calls) == (6 if selects else int(state.sam_steps))
+  assert calls == (6 if selects else int(state.sam_steps))
 
 
 @pytest.mark.parametrize("name", SOMETIMES)
