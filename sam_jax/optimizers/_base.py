@@ -175,7 +175,8 @@ def branch(take: jax.Array, if_true: Callable[[], Any], if_false: Callable[[], A
   (the point of the cheap variants). ``"select"``: both are computed and the
   result selected, at the cost of both. ``"auto"``: ``cond``, except on CPU
   when the branch holds a convolution: XLA:CPU runs a convolution's gradient
-  inside a conditional (or loop) body 20-35x slower than outside
+  inside a conditional (or loop) body about 30x slower than outside
+  (``benchmarks/cond_conv_cpu.py``)
   (jax-ml/jax#12868: there the weight gradient is not rewritten to the fast
   Eigen form), which made a ResNet step with a rarely taken SAM branch cost
   4-11x SGD's, while a ViT's (dots only) took LookSAM to 1.17x (see
