@@ -152,7 +152,10 @@ def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps
   """sam_jax SGD and SAM steps (closures over their states), their compile times and the
   parameter count; with ``accumulation_steps`` K > 1, the step of ``--accumulation-steps K``.
   ``impl=None``: the 2-D ResNet-18 (``batch`` of images), else the 3-D one with that
-  ``conv_impl``."""
+  ``conv_impl``. Placed as ``sam-jax train`` places it (``parallel="auto"``: split over
+  the host devices of :func:`sam_jax.train.parallel.use_host_devices` where it can be)."""
+  mode = parallel.resolve_mode("auto", batch["label"].shape[0],
+                               accumulation_steps=accumulation_steps)
   if impl is None:
     model = models.create_model("resnet18", 2, width=width)
   else:
@@ -162,12 +165,14 @@ def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps
   steps, compile_s = {}, {}
   for method, tx in {"sgd": optax.sgd(LR, momentum=0.9),
                      "sam": optax.chain(sam_jax.sam(RHO), optax.sgd(LR, momentum=0.9))}.items():
-    step = parallel.jit_step(functools.partial(make_train_step, apply_fn, loss, tx,
-                                               accumulation_steps=accumulation_steps))
-    holder = {"state": create_train_state(jax.tree.map(jnp.copy, params),
-                                          jax.tree.map(jnp.copy, model_state), tx)}
+    placement = parallel.place(functools.partial(make_train_step, apply_fn, loss, tx,
+                                                 accumulation_steps=accumulation_steps), mode)
+    holder = {"state": placement.to_device(create_train_state(
+        jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, model_state), tx))}
 
-    def run(step=step, holder=holder):
+    placed_batch = placement.place_batch(batch)
+
+    def run(step=placement.step_fn, holder=holder, batch=placed_batch):
       holder["state"], metrics = step(holder["state"], batch, jax.random.key(0))
       jax.block_until_ready((holder["state"], metrics))
 
@@ -214,7 +219,10 @@ def to_markdown(results: dict) -> str:
   lines = [f"# ResNet-18 3D train step, sam_jax vs PyTorch ({results['backend']}, jax {results['jax']}, "
            f"torch {results['torch']})", "",
            f"Median seconds per step over {results['rounds']} rounds (methods taking turns) after "
-           f"compilation and a warm-up. Command: `{results['command']}`.", "",
+           f"compilation and a warm-up. sam_jax's steps are placed as `sam-jax train` places "
+           f"them: " + (f"the batch split over {results['host_devices']} host devices as one "
+                        f"sharded program." if results.get("host_devices") else "one device.")
+           + f" Command: `{results['command']}`.", "",
            "| input | width | params | framework | method | s/step | / PyTorch | SAM / SGD | compile s |",
            "|---|---|---|---|---|---|---|---|---|"]
   for config in results["configs"]:
@@ -240,6 +248,7 @@ def main() -> None:
   parser.add_argument("--append", action="store_true",
                       help="add these configurations to the existing table instead of replacing it")
   args = parser.parse_args()
+  host_devices = parallel.use_host_devices()  # as `sam-jax train` does
   try:
     import torch
   except ImportError:
@@ -247,7 +256,7 @@ def main() -> None:
   torch.set_num_threads(os.cpu_count() or 1)
   backend = jax.default_backend()
   results = {"backend": backend, "jax": jax.__version__, "torch": torch.__version__,
-             "host": platform.platform(), "rounds": args.rounds,
+             "host": platform.platform(), "rounds": args.rounds, "host_devices": host_devices,
              "command": f"python -m benchmarks.step_time_3d --configs {' '.join(args.configs)} "
                         f"--xla-configs {' '.join(args.xla_configs)} --rounds {args.rounds}"
                         + (f" --accumulation-steps {' '.join(map(str, args.accumulation_steps))}"

@@ -13,7 +13,8 @@ through the same jitted train step as :mod:`benchmarks.step_time` (same
 model, batch, SGD with momentum). The table gives the mean s/step, its ratio
 to SGD's mean, the measured share of SAM steps ``f``, and the ratio the
 share predicts, ``1 + f·(SAM/SGD − 1)``: a measured ratio above it is what
-the ``cond`` and the variant's own arithmetic cost.
+the ``cond`` and the variant's own arithmetic cost. Momentum-SAM (ρ 0.3) never
+takes a second pass: its ratio is its own arithmetic over SGD's step.
 
 Writes ``variants_step_time_<backend>.json`` and ``.md`` into ``--out``.
 """
@@ -44,6 +45,8 @@ def variant_methods() -> dict[str, optax.GradientTransformation]:
          optax.chain(sam_jax.ae_sam(0.05, threshold=0.0, skip=skip), sgd()) for skip in SKIPS},
       **{f"randomized_sam (p 0.5, {skip})":
          optax.chain(sam_jax.randomized_sam(0.05, 0.5, skip=skip), sgd()) for skip in SKIPS},
+      # One pass on every step, the perturbation along SGD's own step.
+      "momentum_sam (rho 0.3)": optax.chain(sgd(), sam_jax.momentum_sam(0.3)),
   }
 
 
@@ -68,7 +71,7 @@ def to_markdown(results: dict) -> str:
               "|---|---|---|---|---|---|"]
     for method, row in block["methods"].items():
       f = row["sam_fraction"]
-      f = 1.0 if method == "sam" else (0.0 if method == "sgd" else f)
+      f = 1.0 if method == "sam" else (0.0 if f is None else f)  # SGD, Momentum-SAM: none
       lines.append(f"| {method} | {row['mean_s']:.4f} | {row['mean_ratio_to_sgd']:.2f} | "
                    f"{f:.2f} | {1 + f * (sam - 1):.2f} | {row['timed_steps']} |")
     lines.append("")

@@ -5,9 +5,10 @@
 Needs the ``bench`` extra (PyTorch, CPU). The setting of issue 11's table:
 ResNet-18 with the CIFAR stem, one input channel, 2 classes, batch 128 of
 random ``uint8`` images, SGD with momentum 0.9, and SAM (ρ 0.05): sam_jax's
-jitted ``sam-jax train`` step (state donated) against PyTorch with
-davda54-style SAM (BatchNorm momentum 0 on the second pass), both on every
-CPU core JAX sees. The two models must have the same parameter count and
+jitted ``sam-jax train`` step (state donated), placed as that command places
+it (on a CPU, split over one host device per core as one sharded program),
+against PyTorch with davda54-style SAM (BatchNorm momentum 0 on the second
+pass), both on every CPU core. The two models must have the same parameter count and
 the same forward FLOPs: the parameter count is checked (an error if it
 differs); the FLOPs are reported side by side, XLA's cost analysis of the
 jitted forward pass (every op) against ``torch.utils.flop_counter``
@@ -31,6 +32,7 @@ import numpy as np
 from benchmarks.step_time_3d import jax_steps, torch_resnet18, torch_steps
 from benchmarks.timing import interleaved_medians
 from sam_jax import models
+from sam_jax.train import parallel
 
 
 def forward_flops(width: float, images: np.ndarray) -> dict[str, float]:
@@ -78,7 +80,11 @@ def to_markdown(results: dict) -> str:
            f"jax {results['jax']}, torch {results['torch']})", "",
            f"Median seconds per step over {results['rounds']} rounds (the four steps taking "
            f"turns), after compilation and a warm-up; forward MFLOPs per batch from XLA's cost "
-           f"analysis and PyTorch's flop counter. Command: `{results['command']}`.", "",
+           f"analysis and PyTorch's flop counter. sam_jax's step is placed as `sam-jax train` "
+           f"places it: {results.get('placement', 'none')} over "
+           f"{results.get('host_devices', 1)} host device(s) (`parallel='auto'`; "
+           f"`benchmarks/cpu_options.py` compares placements). "
+           f"Command: `{results['command']}`.", "",
            "| width | params | MFLOPs fwd (JAX / PyTorch) | JAX SGD | JAX SAM | PyTorch SGD | "
            "PyTorch SAM | JAX SAM / PyTorch SAM | JAX SGD / PyTorch SGD |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -99,6 +105,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
   args = parser.parse_args()
+  host_devices = parallel.use_host_devices()  # as `sam-jax train` does
   try:
     import torch
   except ImportError:
@@ -107,6 +114,8 @@ def main() -> None:
   backend = jax.default_backend()
   results = {"backend": backend, "jax": jax.__version__, "torch": torch.__version__,
              "host": platform.platform(), "rounds": args.rounds,
+             "host_devices": host_devices or jax.local_device_count(),
+             "placement": parallel.resolve_mode("auto", args.batch_size),
              "command": f"python -m benchmarks.vs_pytorch --widths "
                         f"{' '.join(map(str, args.widths))} --batch-size {args.batch_size} "
                         f"--rounds {args.rounds}",

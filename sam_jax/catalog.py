@@ -55,8 +55,9 @@ def describe(kind: str) -> list[str]:
 
     lines = ["sgd: SGD with momentum (--momentum, --nesterov)", "adam: Adam",
              "adamw: Adam with decoupled weight decay"]
-    for name, factory in {**optim.DAM_OPTIMIZERS, **optim.SHARPNESS_METHODS}.items():
-      role = "wraps --base-optimizer; " if name in optim.SHARPNESS_METHODS else ""
+    for name, factory in {**optim.DAM_OPTIMIZERS, **optim.METHODS}.items():
+      role = ("wraps --base-optimizer; " if name in optim.SHARPNESS_METHODS else
+              "after --base-optimizer; " if name in optim.AFTER_BASE_METHODS else "")
       lines.append(f"{name}: {_first_line(factory)} ({role}{_defaults(factory)})")
     return lines
   if kind == "models":

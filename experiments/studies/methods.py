@@ -7,7 +7,7 @@ implementations, which follow the authors' code (see each optimizer's
 docstring): SAM ρ 0.05, ASAM ρ 0.5 η 0.01, GSAM ρ 0.04 α 0.01, WSAM ρ 0.05
 γ 0.9, CR-SAM ρ 0.1 γ 0.1 β 0.1, GCSAM ρ 0.05, F-SAM ρ 0.05 σ 1 λ 0.9,
 Stable SAM ρ 0.05; LookSAM k 5 α 0.7, AE-SAM c 0 δ 0.9, randomized SAM p 0.5
-(each at ρ 0.05).
+(each at ρ 0.05); Momentum-SAM ρ 0.3 (the authors' default), after Adam.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ METHODS: dict[str, dict] = {
     "looksam": sharpness("looksam", rho=0.05, period=5, alpha=0.7),
     "ae_sam": sharpness("ae_sam", rho=0.05, threshold=0.0, ema_decay=0.9),
     "randomized_sam": sharpness("randomized_sam", rho=0.05, probability=0.5),
+    "momentum_sam": sharpness("momentum_sam", rho=0.3),
     # The rho sweeps (ASAM's radius is about 10x SAM's: davda54/sam README).
     "sam_rho0.02": sharpness("sam", rho=0.02),
     "sam_rho0.1": sharpness("sam", rho=0.1),

@@ -30,6 +30,7 @@ from sam_jax.optimizers.friendly_sam import FriendlySAMState, friendly_sam
 from sam_jax.optimizers.gcsam import GCSAMState, gcsam
 from sam_jax.optimizers.gsam import GSAMState, gsam
 from sam_jax.optimizers.looksam import LookSAMState, looksam
+from sam_jax.optimizers.momentum_sam import MomentumSAMState, evaluation_params, momentum_sam
 from sam_jax.optimizers.randomized_sam import RandomizedSAMState, randomized_sam
 from sam_jax.optimizers.sam import SAMState, sam
 from sam_jax.optimizers.stable_sam import StableSAMState, stable_sam
@@ -44,6 +45,7 @@ __all__ = [
     "GSAMState",
     "GradFn",
     "LookSAMState",
+    "MomentumSAMState",
     "RandomizedSAMState",
     "SAMState",
     "StableSAMState",
@@ -51,6 +53,7 @@ __all__ = [
     "ae_sam",
     "asam",
     "crsam",
+    "evaluation_params",
     "friendly_sam",
     "gcsam",
     "global_norm",
@@ -58,6 +61,7 @@ __all__ = [
     "gsam",
     "is_sharpness_aware",
     "looksam",
+    "momentum_sam",
     "randomized_sam",
     "sam",
     "sharpness_state",

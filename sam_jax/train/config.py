@@ -121,7 +121,7 @@ class TrainConfig:
   early_stopping: Optional[int] = None  # patience in epochs
   max_steps: Optional[int] = None       # stop early (smoke runs)
   # Parallelism.
-  parallel: str = "none"                # "none", "pmap" or "shard_map"
+  parallel: str = "auto"                # "auto", "none", "sharded", "pmap" or "shard_map"
   perturbation: str = "per_device"      # or "synchronized"
   m_sharpness: int = 1                  # sub-batches with their own ε on one device
   # Robustness and records.
@@ -271,7 +271,8 @@ def config_differences(saved: dict[str, Any], given: dict[str, Any],
   counts as its default."""
   defaults = TrainConfig().to_dict()
   return {k: (saved.get(k, defaults.get(k)), v) for k, v in given.items()
-          if k not in ignore and _comparable(saved.get(k, defaults.get(k))) != _comparable(v)}
+          if k not in ignore
+          and _comparable(k, saved.get(k, defaults.get(k))) != _comparable(k, v)}
 
 
 def describe_differences(differences: dict[str, tuple[Any, Any]], now: str = "given",
@@ -308,5 +309,12 @@ def check_saved_config(workdir: str | pathlib.Path, config: TrainConfig) -> None
                      " Resume it with its own config, or choose a new work directory.")
 
 
-def _comparable(value: Any) -> Any:
-  return list(value) if isinstance(value, (tuple, list)) else value
+# Values that compute the same run: the parallel modes with one device's math
+# (a run saved as "none" or "sharded" matches a config giving "auto").
+SAME_COMPUTATION = {"parallel": {"auto": "none", "sharded": "none"}}
+
+
+def _comparable(field: str, value: Any) -> Any:
+  if isinstance(value, (tuple, list)):
+    return list(value)
+  return SAME_COMPUTATION.get(field, {}).get(value, value) if isinstance(value, str) else value

@@ -40,6 +40,7 @@ from sam_jax.train.epoch import EpochSums, train_epoch
 from sam_jax.train.losses import loss_for_task
 from sam_jax.train.optim import build_optimizer
 from sam_jax.train.selection import Selection, evaluate_split
+from sam_jax.train.state import for_evaluation
 from sam_jax.train.step import make_eval_step, make_train_step
 from sam_jax.train.workdir_lock import WorkdirBusyError, WorkdirLock  # noqa: F401 (re-export)
 
@@ -72,6 +73,10 @@ def train_and_evaluate(
 def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log,
                         check_workdir=lambda: None) -> dict:
   start_time = time.perf_counter()
+  # config.json records the mode that ran; "auto" and what it resolves to
+  # compute the same step, so a resume may give either.
+  config = config.replace(parallel=parallel.resolve_mode(
+      config.parallel, config.batch_size, config.m_sharpness, config.accumulation_steps))
   dataset = setup.load_data(config)
   setup.check_against_data(config, dataset)
   for warning in setup.data_warnings(dataset):
@@ -140,7 +145,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
         eval_step, placement.to_host(device_state), dataset["val"],
         config.batch_size, config.eval_batch_size, log)
     placement = placement._replace(step_fn=train_step)
-    if config.parallel == "none":
+    if config.parallel in ("none", "sharded"):  # evaluation sees one device's copy
       eval_step = compiled_eval
   param_paths = state.params
   progress = records_lib.progress_bars(config.progress)
@@ -188,7 +193,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
         # goes on. The end-of-epoch save below then finds this step saved.
         checkpointer.save(step, host_state, {**meta_for(epoch, steps_per_epoch, sums),
                                              "pending_evaluation": True})
-      evaluate = lambda split: evaluate_split(eval_step, host_state, dataset[split],
+      evaluate = lambda split: evaluate_split(eval_step, for_evaluation(host_state), dataset[split],
                                               dataset.task, eval_batch_size)
       record = records_lib.epoch_record(epoch + 1, step, float(schedule(max(step - 1, 0))), sums,
                                         evaluate("val"), evaluate("test"), train_seconds)

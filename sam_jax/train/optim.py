@@ -5,7 +5,9 @@ the sharpness transformation comes first because it must see the raw
 gradient that its ``grad_fn`` also returns (weight decay enters after it,
 like the base optimizer's own decay in davda54/sam, GSAM and WSAM, and
 unlike google-research/sam, which puts L2 in the loss). Decoupled WSAM wraps
-``weight decay → base optimizer`` instead.
+``weight decay → base optimizer`` instead. A one-pass method that perturbs
+along the base's own step (Momentum-SAM) comes last:
+``clipping → weight decay → base optimizer → method``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ SHARPNESS_METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs
     "ae_sam": sam_jax.ae_sam,
     "randomized_sam": sam_jax.randomized_sam,
 }
-OPTIMIZERS = BASE_OPTIMIZERS + tuple(SHARPNESS_METHODS)
+# One-pass methods: placed after the base optimizer, whose step they read.
+AFTER_BASE_METHODS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "momentum_sam": sam_jax.momentum_sam,
+}
+METHODS = {**SHARPNESS_METHODS, **AFTER_BASE_METHODS}
+OPTIMIZERS = BASE_OPTIMIZERS + tuple(METHODS)
 SCHEDULES = ("constant", "multistep", "cosine")
 # Config field -> the factories' argument (GSAM calls its radius rho_max).
 _HYPERPARAMETERS = ("rho", "rho_min", "eta", "alpha", "gamma", "beta", "sigma", "lmbda",
@@ -58,7 +65,7 @@ def check_names(config: TrainConfig) -> None:
     raise ValueError(f"unknown schedule {config.schedule!r}; known: {', '.join(SCHEDULES)}.")
   if config.loss not in objectives.LOSSES:
     raise ValueError(f"unknown loss {config.loss!r}; known: {', '.join(objectives.LOSSES)}.")
-  base = config.base_optimizer if config.optimizer in SHARPNESS_METHODS else config.optimizer
+  base = config.base_optimizer if config.optimizer in METHODS else config.optimizer
   if config.loss in ("aucm", "aucm_v1") and base != "pesg":
     raise ValueError(f"loss {config.loss!r} is a min-max objective whose dual variable only "
                      f"PESG updates; use --optimizer pesg (or a sharpness method with "
@@ -131,7 +138,7 @@ def _base(name: str, schedule: optax.Schedule, config: TrainConfig,
 
 def sharpness_kwargs(config: TrainConfig, method: str) -> dict[str, Any]:
   """The config's sharpness hyperparameters that ``method`` takes."""
-  factory = SHARPNESS_METHODS[method]
+  factory = METHODS[method]
   accepted = inspect.signature(factory).parameters
   kwargs = {}
   for field in _HYPERPARAMETERS:
@@ -153,7 +160,7 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gr
   """``(tx, schedule)`` for ``config``; raises ``ValueError`` naming bad options."""
   check_names(config)
   schedule = learning_rate_schedule(config, steps_per_epoch)
-  method = config.optimizer if config.optimizer in SHARPNESS_METHODS else None
+  method = config.optimizer if config.optimizer in METHODS else None
   base_name = config.base_optimizer if method else config.optimizer
   base = _base(base_name, schedule, config, steps_per_epoch)
   # adamw and the deep-AUC optimizers apply their own weight decay.
@@ -172,5 +179,8 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gr
     inner = optax.chain(*[t for t in (decay, base) if t is not None])
     wsam = sam_jax.wsam(base_optimizer=inner, learning_rate=schedule, **kwargs)
     return optax.chain(*[t for t in (clip, wsam) if t is not None]), schedule
+  if method in AFTER_BASE_METHODS:
+    after = AFTER_BASE_METHODS[method](**kwargs)
+    return optax.chain(*[t for t in (clip, decay, base, after) if t is not None]), schedule
   sharpness = SHARPNESS_METHODS[method](**kwargs)
   return optax.chain(*[t for t in (sharpness, clip, decay, base) if t is not None]), schedule

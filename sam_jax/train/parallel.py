@@ -1,4 +1,4 @@
-"""Running a step on one device, with pmap, with shard_map, or with m-sharpness.
+"""Running a step on one device, with pmap, with shard_map, sharded, or with m-sharpness.
 
 All parallelism lives here. Each wrapper takes a *step builder* (a function
 ``axis_name, vary -> step``, e.g. a ``functools.partial`` of
@@ -14,6 +14,14 @@ the same call signature ``(state, batch, rng) -> (state, metrics)``:
   replicated, the batch split along its first axis. Under ``shard_map`` JAX
   sums the gradient of a replicated input over the mesh by itself, so the
   weights are made device-varying before differentiation (:func:`vary`).
+* :func:`sharded_step`: one program over a 1-D mesh of local devices,
+  ``jax.jit`` with the batch split along its first axis and the state
+  replicated; XLA partitions the computation and inserts the cross-device
+  sums. Unlike pmap and shard_map it changes no math: BatchNorm statistics,
+  the loss and SAM's perturbation are those of the whole batch, so a step
+  equals the one-device step to float tolerance. It is what ``"auto"``
+  picks when a process sees several devices (on a CPU, several host
+  devices: see :func:`use_host_devices`).
 * :func:`msharpness_step`: m-sharpness on one device: the batch is split
   into ``k`` sub-batches, each perturbed with its own gradient, as ``k``
   devices would, by a ``jax.vmap`` with an axis name; the directions are
@@ -23,6 +31,7 @@ the same call signature ``(state, batch, rng) -> (state, metrics)``:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -96,6 +105,18 @@ def shard_map_step(build: StepBuilder, mesh: Mesh) -> Callable:
   return jax.jit(mapped, donate_argnums=(0,))
 
 
+def sharded_step(build: StepBuilder, mesh: Mesh) -> Callable:
+  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(MESH_AXIS))
+  return jax.jit(build(axis_name=None), in_shardings=(replicated, split, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def first_device_copy(tree: Any) -> Any:
+  """Each replicated leaf as its first device's copy (no transfer): evaluation
+  and checkpoints then see single-device arrays, as after a one-device step."""
+  return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
+
+
 def place_for_shard_map(mesh: Mesh, state: Any = None, batch: Any = None):
   """Puts the state (replicated) and the batch (split) where shard_map wants them."""
   out = []
@@ -141,8 +162,13 @@ class Placement(NamedTuple):
 
 
 def place(build: StepBuilder, mode: str = "none", m_sharpness: int = 1) -> Placement:
-  """The step compiled for ``mode`` (``"none"``, ``"pmap"``, ``"shard_map"``)."""
+  """The step compiled for ``mode`` (``"none"``, ``"pmap"``, ``"shard_map"``,
+  ``"sharded"``; ``"auto"`` must be resolved first, see :func:`resolve_mode`)."""
   same = lambda x: x
+  if mode == "sharded":
+    mesh = make_mesh(jax.local_device_count())
+    return Placement(sharded_step(build, mesh), lambda s: place_for_shard_map(mesh, state=s),
+                     first_device_copy, lambda b: place_for_shard_map(mesh, batch=b), same)
   if mode == "pmap":
     n = jax.local_device_count()
     return Placement(pmap_step(build), lambda s: replicate(s, n), unreplicate,
@@ -157,4 +183,66 @@ def place(build: StepBuilder, mode: str = "none", m_sharpness: int = 1) -> Place
 
 
 def device_count(mode: str) -> int:
-  return {"none": 1, "pmap": jax.local_device_count(), "shard_map": jax.device_count()}[mode]
+  """How many devices ``mode`` splits the batch over with per-device math
+  (``"sharded"`` splits it too, but computes as one device: 1)."""
+  return {"none": 1, "sharded": 1, "pmap": jax.local_device_count(),
+          "shard_map": jax.device_count()}[mode]
+
+
+def resolve_mode(mode: str, batch_size: int, m_sharpness: int = 1,
+                 accumulation_steps: int = 1) -> str:
+  """``"auto"`` as a concrete mode; any other mode as it is.
+
+  ``"auto"`` is ``"sharded"`` when this process sees more than one device,
+  runs alone (multi-host runs choose their mode), and the batch splits
+  evenly over them with one micro-batch and no m-sharpness (a micro-batch
+  or an m-sharpness sub-batch is a contiguous slice of the batch, which
+  would sit on one device); otherwise ``"none"``. Both compute the same
+  step, so the choice changes speed only.
+  """
+  if mode != "auto":
+    return mode
+  n = jax.local_device_count()
+  if (n > 1 and jax.process_count() == 1 and batch_size % n == 0 and m_sharpness == 1
+      and accumulation_steps == 1):
+    return "sharded"
+  return "none"
+
+
+HOST_DEVICES_ENV = "SAM_JAX_CPU_DEVICES"
+MAX_AUTO_HOST_DEVICES = 8
+
+
+def use_host_devices(count: Optional[int] = None) -> Optional[int]:
+  """Asks JAX for ``count`` CPU devices (default: ``$SAM_JAX_CPU_DEVICES``, else
+  one per core up to 8); must run before JAX's first computation.
+
+  Why: XLA:CPU runs some convolutions on one core however many it has (on
+  the project's 2-core machine a ResNet-18 step's 28x28 layers do), so a
+  batch split over one host device per core runs them side by side
+  (``benchmarks/cpu_options.py``). GPU and TPU runs are unaffected (this
+  sets only the host platform's device count). Returns the count set, or
+  ``None`` when it was left alone: ``XLA_FLAGS`` already forces a count,
+  or JAX has started (too late to change; the process keeps what it has).
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  if count is None:
+    text = os.environ.get(HOST_DEVICES_ENV, "")
+    if text:
+      try:
+        count = int(text)
+      except ValueError:
+        raise ValueError(f"{HOST_DEVICES_ENV} must be a whole number of CPU devices, "
+                         f"got {text!r}.") from None
+    else:
+      cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+      count = min(cores, MAX_AUTO_HOST_DEVICES)
+  if count < 1:
+    raise ValueError(f"{HOST_DEVICES_ENV} must be >= 1, got {count}.")
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # a backend is up already
+    return None
+  return count

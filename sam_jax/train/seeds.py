@@ -51,6 +51,7 @@ from sam_jax.train.losses import loss_for_task
 from sam_jax.train.optim import build_optimizer
 from sam_jax.train.parallel import Placement
 from sam_jax.train.selection import Selection, evaluate_split_runs
+from sam_jax.train.state import for_evaluation
 from sam_jax.train.step import make_eval_step, make_train_step
 from sam_jax.train.workdir_lock import WorkdirLock
 
@@ -85,8 +86,8 @@ def check_seeds(config: TrainConfig, seeds: Sequence[int], workdirs: Sequence[An
     raise ValueError(f"vmapped seeds must differ, got {list(seeds)}.")
   if len(workdirs) != len(seeds):
     raise ValueError(f"{len(seeds)} seeds need {len(seeds)} work directories, got {len(workdirs)}.")
-  if config.parallel != "none" or config.m_sharpness > 1:
-    raise ValueError("vmapped seeds run on one device without m-sharpness; use parallel 'none' "
+  if config.parallel not in ("auto", "none") or config.m_sharpness > 1:
+    raise ValueError("vmapped seeds run on one device without m-sharpness; use parallel 'auto' "
                      "and m_sharpness 1, or train the seeds one by one.")
   if config.init_from:
     raise ValueError("vmapped seeds start from fresh weights; init_from names one run, so "
@@ -277,9 +278,10 @@ def _train(config, runs, device_state, placement, eval_step, dataset, schedule, 
         if not run.stopped:
           run.checkpointer.save(step, host, {**_meta(run, epoch, steps_per_epoch),
                                              "pending_evaluation": True})
-    val = evaluate_split_runs(eval_step, device_state, dataset["val"], dataset.task,
+    evaluated = for_evaluation(device_state)
+    val = evaluate_split_runs(eval_step, evaluated, dataset["val"], dataset.task,
                               config.eval_batch_size, n)
-    test = evaluate_split_runs(eval_step, device_state, dataset["test"], dataset.task,
+    test = evaluate_split_runs(eval_step, evaluated, dataset["test"], dataset.task,
                                config.eval_batch_size, n)
     lr = float(schedule(max(step - 1, 0)))
     check_workdirs()

@@ -27,10 +27,10 @@ from sam_jax.train import objectives, parallel
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.optim import build_optimizer, check_names
-from sam_jax.train.state import TrainState, create_train_state
+from sam_jax.train.state import TrainState, create_train_state, for_evaluation
 from sam_jax.train.step import NONFINITE_POLICIES, PERTURBATIONS
 
-PARALLEL_MODES = ("none", "pmap", "shard_map")
+PARALLEL_MODES = ("auto", "none", "sharded", "pmap", "shard_map")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SAMPLERS = ("shuffle", "dual")
 # Config fields with a fixed set of values, checked here and listed by --help
@@ -130,7 +130,7 @@ def check_config(config: TrainConfig) -> None:
     raise ValueError(f"margin must be >= 0, got {config.margin}.")
   if config.sampler == "dual" and not 0 < config.sampling_rate < 1:
     raise ValueError(f"sampling_rate must be in (0, 1), got {config.sampling_rate}.")
-  if config.parallel != "none" and config.m_sharpness > 1:
+  if config.parallel in ("pmap", "shard_map", "sharded") and config.m_sharpness > 1:
     raise ValueError("m_sharpness > 1 splits the batch on one device; with parallel "
                      f"{config.parallel!r} each device's batch already sets m.")
   if config.batch_size % config.m_sharpness:
@@ -276,7 +276,8 @@ def read_run_config(workdir: str | pathlib.Path) -> TrainConfig:
 
 def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str = "best",
                 config: Optional[TrainConfig] = None) -> RestoredRun:
-  """A saved run's state, rebuilt from its ``config.json`` for ``dataset``."""
+  """A saved run's state, rebuilt from its ``config.json`` for ``dataset``, with the
+  weights to evaluate (:func:`~sam_jax.train.state.for_evaluation`)."""
   workdir = pathlib.Path(workdir)
   config = config or read_run_config(workdir)
   # Rematerialization only matters for training, and its custom VJP has no
@@ -303,7 +304,7 @@ def restore_run(workdir: str | pathlib.Path, dataset: ds.Dataset, *, which: str 
           from None
   finally:
     checkpointer.close()
-  return RestoredRun(config, state, meta, apply_fn, step)
+  return RestoredRun(config, for_evaluation(state), meta, apply_fn, step)
 
 
 def _describe(config: TrainConfig) -> str:

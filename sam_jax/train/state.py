@@ -45,3 +45,12 @@ def create_train_state(
       opt_state=tx.init(params),
       objective_state=objective_state,
   )
+
+
+def for_evaluation(state: TrainState) -> TrainState:
+  """``state`` with the weights to evaluate: a one-pass method that trains
+  perturbed weights (:func:`sam_jax.momentum_sam`) has its offset removed;
+  any other state comes back as it is. Works on stacked (vmapped-seed) states."""
+  from sam_jax.optimizers.momentum_sam import evaluation_params
+
+  return state._replace(params=evaluation_params(state.params, state.opt_state))

@@ -1,4 +1,4 @@
-"""Train steps on 4 CPU devices under jax.pmap and jax.shard_map.
+"""Train steps on 4 CPU devices under jax.pmap, jax.shard_map and sharded jit.
 
 Run by test_parallel.py in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``. For SAM, GSAM and
@@ -10,9 +10,12 @@ CR-SAM (and plain SGD), on a global batch of 16 (4 per device):
   with plain SGD as the base, the new weights are the mean over devices of
   the single-device step on each device's shard, and so are the BatchNorm
   statistics (both are linear in what each device contributes);
-* plain SGD needs no sharpness semantics: every mode equals one device;
+* plain SGD and Momentum-SAM (one pass, after the base) need no sharpness
+  semantics: every mode equals one device;
 * gradient accumulation on each device (2 micro-batches of 2) with a
-  synchronized perturbation is still the single-device step on the global batch.
+  synchronized perturbation is still the single-device step on the global batch;
+* the sharded step (``parallel="sharded"``, what ``"auto"`` picks) is the
+  single-device step, BatchNorm included, and its state comes back replicated.
 
 Prints one ``ok`` line per check; exits non-zero on the first mismatch.
 """
@@ -65,7 +68,10 @@ TXS = {
     "sam": lambda: optax.chain(sam_jax.sam(0.3), optax.sgd(0.1)),
     "gsam": lambda: optax.chain(sam_jax.gsam(0.3, alpha=0.5), optax.sgd(0.1)),
     "crsam": lambda: optax.chain(sam_jax.crsam(0.3, 0.2, 0.1), optax.sgd(0.1)),
+    "momentum_sam": lambda: optax.chain(optax.sgd(0.1, momentum=0.9), sam_jax.momentum_sam(0.3)),
 }
+# No per-device sharpness semantics (no grad_fn): every mode equals one device.
+ONE_PASS = ("sgd", "momentum_sam")
 
 
 def setup(module, tx, perturbation="per_device", accumulation_steps=1):
@@ -105,6 +111,17 @@ def run_shard_map(module, tx, perturbation, rng, accumulation_steps=1):
   return host(new_state)
 
 
+def run_sharded(module, tx, rng):
+  state, build = setup(module, tx)
+  placement = parallel.place(build, "sharded")
+  new_state, _ = placement.step_fn(placement.to_device(state), placement.place_batch(BATCH), rng)
+  for leaf in jax.tree.leaves(new_state):
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES, leaf.sharding
+  on_one = placement.to_host(new_state)
+  assert all(len(leaf.devices()) == 1 for leaf in jax.tree.leaves(on_one))
+  return host(on_one)
+
+
 def hand_per_device(module, tx, rng):
   """Mean over devices of one device's step on its shard (its rng folded as the step does)."""
   outs = []
@@ -140,12 +157,21 @@ def main() -> int:
         assert_close(accumulated, reference, f"sam {runner_name} synchronized, accumulated")
         print(f"ok sam {runner_name} synchronized with 2 micro-batches per device", flush=True)
       per_device = runner(LayerNormNet(), make_tx(), "per_device", rng)
-      if name == "sgd":
-        assert_close(per_device, reference, f"sgd {runner_name} per-device")
+      if name in ONE_PASS:
+        assert_close(per_device, reference, f"{name} {runner_name} per-device")
       else:
         assert differs(per_device, reference), f"{name} {runner_name}: per-device = global"
         assert_close(per_device, per_device_hand, f"{name} {runner_name} per-device")
       print(f"ok {name} {runner_name} per-device", flush=True)
+
+  # Sharded: one device's math over the whole batch, BatchNorm statistics included.
+  for name, make_tx in TXS.items():
+    for module in (LayerNormNet(), BatchNormNet()):
+      reference = single(module, make_tx(), BATCH, rng)
+      out = run_sharded(module, make_tx(), rng)
+      assert_close(out.params, reference.params, f"{name} sharded params")
+      assert_close(out.model_state, reference.model_state, f"{name} sharded model state")
+    print(f"ok {name} sharded = one device on the global batch", flush=True)
 
   # BatchNorm: statistics (and weights) are the mean of what each device computes.
   for name in ("sam", "crsam"):

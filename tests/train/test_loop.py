@@ -218,7 +218,8 @@ def test_cpu_preset_on_breastmnist_writes_every_record(tmp_path, capsys):
 # Both wrappers and both perturbation modes (the step-level equalities are in
 # parallel_check.py; this checks placement, checkpoints and eval end to end).
 @pytest.mark.parametrize("mode", [["--parallel", "pmap"],
-                                  ["--parallel", "shard_map", "--perturbation", "synchronized"]])
+                                  ["--parallel", "shard_map", "--perturbation", "synchronized"],
+                                  []])  # "auto": sharded over the 4 devices
 def test_parallel_runs_of_the_command_on_four_devices(tiny_npz, tmp_path, mode):
   env = subprocess_env(devices=4)
   workdir = tmp_path / "run"
@@ -229,6 +230,7 @@ def test_parallel_runs_of_the_command_on_four_devices(tiny_npz, tmp_path, mode):
   assert done.returncode == 0, done.stderr[-4000:]
   results = json.loads((workdir / "results.json").read_text())
   assert results["device"]["count"] == 4 and results["steps"] == 6
+  assert results["config"]["parallel"] == (mode[1] if mode else "sharded")
   assert 0.0 <= results["test"]["auc"] <= 1.0
   # The checkpoint of the replicated state restores for evaluation.
   evaluated = subprocess.run(sam_jax_cmd("eval", str(workdir), "--which", "last"), cwd=ROOT,
@@ -268,3 +270,38 @@ def test_train_on_your_own_zip_of_class_folders(tmp_path, capsys):
   assert saved["seed"] == 3 and len(saved["splits"]["test"]) == 12
   # The recorded config reproduces the data: the same split comes back.
   assert cli.main(["eval", str(tmp_path / "run"), "--split", "test"]) == 0
+
+
+def test_momentum_sam_runs_are_evaluated_at_the_weights_it_optimizes(tiny_npz, tmp_path, capsys):
+  """Momentum-SAM trains perturbed weights; evaluation, `sam-jax eval` and restored runs
+  remove the perturbation (its checkpoints keep it, so a resume goes on exactly)."""
+  import jax
+  import numpy as np
+
+  from sam_jax.optimizers.momentum_sam import MomentumSAMState
+  from sam_jax.train import config as config_lib
+  from sam_jax.train import setup
+  from sam_jax.train.checkpoint import Checkpointer
+
+  rho = 0.5
+  assert cli.main(["train", "--dataset", tiny_npz, *TINY, "--optimizer", "momentum_sam",
+                   "--rho", str(rho), "--learning-rate", "0.05", "--epochs", "1",
+                   "--workdir", str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  capsys.readouterr()
+  assert cli.main(["eval", str(tmp_path), "--which", "last", "--split", "test"]) == 0
+  assert json.loads(capsys.readouterr().out)["test"]["auc"] == pytest.approx(
+      results["test"]["auc"])
+  restored = setup.restore_run(tmp_path, setup.load_data(config_lib.from_dict(results["config"])),
+                               which="last")
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  saved, _ = checkpointer.restore(restored.state, "last")
+  checkpointer.close()
+  msam, = [s for s in jax.tree.leaves(saved.opt_state, is_leaf=lambda x: isinstance(
+      x, MomentumSAMState)) if isinstance(s, MomentumSAMState)]
+  offset = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(msam.offset)))
+  assert offset == pytest.approx(rho, rel=1e-4)
+  for stored, evaluated, eps in zip(jax.tree.leaves(saved.params),
+                                    jax.tree.leaves(restored.state.params),
+                                    jax.tree.leaves(msam.offset)):
+    np.testing.assert_allclose(evaluated, np.asarray(stored) - np.asarray(eps), atol=1e-6)
