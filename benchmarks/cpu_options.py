@@ -79,7 +79,8 @@ LR, RHO, BATCH = 0.01, 0.05, 128
 
 def measure(option: Option, width: float, rounds: int, reference: pathlib.Path) -> dict:
   """In this process (started with the option's flags): the four medians and
-  the largest weight difference after one SAM step from the baseline's."""
+  the largest weight difference after one SAM step from the float64 step's
+  (which the ``FLOAT64`` option writes to ``reference`` instead)."""
   import jax
   import jax.numpy as jnp
   import optax

@@ -83,8 +83,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
     log(warning)
   train_split = dataset["train"]
   num_devices = parallel.device_count(config.parallel)
-  if config.batch_size % num_devices:
-    raise ValueError(f"batch size {config.batch_size} does not split over {num_devices} devices.")
+  if config.batch_size % parallel.split_count(config.parallel):
+    raise ValueError(f"batch size {config.batch_size} does not split over "
+                     f"{parallel.split_count(config.parallel)} devices.")
   if config.batch_size // num_devices % config.accumulation_steps:
     raise ValueError(f"each device's batch of {config.batch_size // num_devices} does not split "
                      f"into accumulation_steps {config.accumulation_steps} micro-batches.")

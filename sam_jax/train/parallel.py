@@ -189,6 +189,14 @@ def device_count(mode: str) -> int:
           "shard_map": jax.device_count()}[mode]
 
 
+def split_count(mode: str) -> int:
+  """How many devices ``mode`` splits each batch over (whatever their math);
+  the batch size must be a multiple of it."""
+  if mode == "sharded":
+    return jax.local_device_count()
+  return device_count(mode)
+
+
 def resolve_mode(mode: str, batch_size: int, m_sharpness: int = 1,
                  accumulation_steps: int = 1) -> str:
   """``"auto"`` as a concrete mode; any other mode as it is.

@@ -53,3 +53,13 @@ def test_a_run_saved_under_one_single_device_mode_matches_the_others():
     assert config_lib.config_differences(saved, config_lib.TrainConfig(parallel=given).to_dict()) == {}
   assert "parallel" in config_lib.config_differences(
       saved, config_lib.TrainConfig(parallel="pmap").to_dict())
+
+
+def test_a_sharded_batch_must_split_over_the_devices(monkeypatch):
+  import jax
+
+  from sam_jax.train import parallel
+
+  monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+  assert parallel.split_count("sharded") == 2 and parallel.device_count("sharded") == 1
+  assert parallel.split_count("none") == 1
