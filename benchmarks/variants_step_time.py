@@ -14,7 +14,9 @@ model, batch, SGD with momentum). The table gives the mean s/step, its ratio
 to SGD's mean, the measured share of SAM steps ``f``, and the ratio the
 share predicts, ``1 + f·(SAM/SGD − 1)``: a measured ratio above it is what
 the ``cond`` and the variant's own arithmetic cost. Momentum-SAM (ρ 0.3) never
-takes a second pass: its ratio is its own arithmetic over SGD's step.
+takes a second pass: its ratio is its own arithmetic over SGD's step. ESAM
+(β 0.6, γ 0.5) takes a ranking forward pass and a second pass on half the
+batch on every step (about 1 + 1/3 + 1/2 passes).
 
 Writes ``variants_step_time_<backend>.json`` and ``.md`` into ``--out``.
 """
@@ -47,6 +49,8 @@ def variant_methods() -> dict[str, optax.GradientTransformation]:
          optax.chain(sam_jax.randomized_sam(0.05, 0.5, skip=skip), sgd()) for skip in SKIPS},
       # One pass on every step, the perturbation along SGD's own step.
       "momentum_sam (rho 0.3)": optax.chain(sgd(), sam_jax.momentum_sam(0.3)),
+      # Every step: a ranking forward pass, then the second pass on half the batch.
+      "esam (beta 0.6, gamma 0.5)": optax.chain(sam_jax.esam(0.05, 0.6, 0.5), sgd()),
   }
 
 
@@ -71,9 +75,13 @@ def to_markdown(results: dict) -> str:
               "|---|---|---|---|---|---|"]
     for method, row in block["methods"].items():
       f = row["sam_fraction"]
-      f = 1.0 if method == "sam" else (0.0 if f is None else f)  # SGD, Momentum-SAM: none
+      if f is None and method not in ("sgd", "sam"):  # no branch: nothing to predict from
+        shares = "– | –"
+      else:
+        f = 1.0 if method == "sam" else (0.0 if f is None else f)
+        shares = f"{f:.2f} | {1 + f * (sam - 1):.2f}"
       lines.append(f"| {method} | {row['mean_s']:.4f} | {row['mean_ratio_to_sgd']:.2f} | "
-                   f"{f:.2f} | {1 + f * (sam - 1):.2f} | {row['timed_steps']} |")
+                   f"{shares} | {row['timed_steps']} |")
     lines.append("")
   return "\n".join(lines)
 

@@ -311,6 +311,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "runs XLA's single-threaded convolutions side by side (default: "
                            "$SAM_JAX_CPU_DEVICES, else one per core, at most 8; 1 turns it "
                            "off; no effect on GPU/TPU)")
+  hosts = parser.add_argument_group(
+      "several processes", "train over the devices of several processes (hosts) with JAX's "
+      "distributed runtime: start the same command once per process; each feeds its devices' "
+      "rows of every batch, and process 0 writes the records and checkpoints")
+  hosts.add_argument("--distributed", action="store_true",
+                     help="join jax.distributed; with no address, the cluster is detected "
+                          "(SLURM, Open MPI, TPU pods, Kubernetes)")
+  hosts.add_argument("--coordinator-address", dest="coordinator_address", metavar="HOST:PORT",
+                     help="process 0's address (implies --distributed)")
+  hosts.add_argument("--num-processes", dest="num_processes", type=int, metavar="N")
+  hosts.add_argument("--process-id", dest="process_id", type=int, metavar="I")
   commands = parser.add_subparsers(dest="command", required=True)
   train_parser = commands.add_parser("train", help="train and evaluate one configuration")
   _add_train_options(train_parser)
@@ -407,7 +418,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if args.command != "list":
       parallel.use_host_devices(args.cpu_devices)
-  except ValueError as error:
+    distributed = (args.distributed or args.coordinator_address is not None
+                   or args.num_processes is not None or args.process_id is not None)
+    if distributed:
+      if args.command != "train":
+        raise ValueError(f"--distributed is for train, not {args.command}.")
+      parallel.start_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  except (ValueError, RuntimeError) as error:
     return _fail("error", error, 2)
   if args.compile_cache and args.command != "list":
     enable_compilation_cache()

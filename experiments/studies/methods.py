@@ -36,6 +36,7 @@ METHODS: dict[str, dict] = {
     "ae_sam": sharpness("ae_sam", rho=0.05, threshold=0.0, ema_decay=0.9),
     "randomized_sam": sharpness("randomized_sam", rho=0.05, probability=0.5),
     "momentum_sam": sharpness("momentum_sam", rho=0.3),
+    "esam": sharpness("esam", rho=0.05, beta=0.6, gamma=0.5),
     # The rho sweeps (ASAM's radius is about 10x SAM's: davda54/sam README).
     "sam_rho0.02": sharpness("sam", rho=0.02),
     "sam_rho0.1": sharpness("sam", rho=0.1),

@@ -10,13 +10,15 @@ weights, and returns the direction the rest of the chain should see::
                      optax.sgd(0.1, momentum=0.9))
     updates, state = tx.update(grads, state, params, grad_fn=grad_fn)
 
-The full contract (``grad_fn``'s aux, ``aux_sink``, ``axis_name``, numerics)
+The full contract (``grad_fn``'s aux, ``aux_sink``, ``axis_name``, ``examples``, numerics)
 is in :mod:`sam_jax.optimizers._base`.
 """
 
 from sam_jax.optimizers._base import (
+    Examples,
     GradFn,
     check_composition,
+    examples_from_loss,
     global_norm,
     grad_fn_from_loss,
     is_sharpness_aware,
@@ -26,6 +28,7 @@ from sam_jax.optimizers._base import (
 from sam_jax.optimizers.ae_sam import AESAMState, ae_sam
 from sam_jax.optimizers.asam import ASAMState, asam
 from sam_jax.optimizers.crsam import CRSAMState, crsam
+from sam_jax.optimizers.esam import ESAMState, esam, selects_examples
 from sam_jax.optimizers.friendly_sam import FriendlySAMState, friendly_sam
 from sam_jax.optimizers.gcsam import GCSAMState, gcsam
 from sam_jax.optimizers.gsam import GSAMState, gsam
@@ -40,6 +43,8 @@ __all__ = [
     "AESAMState",
     "ASAMState",
     "CRSAMState",
+    "ESAMState",
+    "Examples",
     "FriendlySAMState",
     "GCSAMState",
     "GSAMState",
@@ -53,7 +58,9 @@ __all__ = [
     "ae_sam",
     "asam",
     "crsam",
+    "esam",
     "evaluation_params",
+    "examples_from_loss",
     "friendly_sam",
     "gcsam",
     "global_norm",
@@ -64,6 +71,7 @@ __all__ = [
     "momentum_sam",
     "randomized_sam",
     "sam",
+    "selects_examples",
     "sharpness_state",
     "stable_sam",
     "check_composition",

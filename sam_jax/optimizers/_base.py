@@ -33,6 +33,18 @@ Each transformation in :mod:`sam_jax.optimizers` is an
     the transformation then computes exactly what one device computes on the
     global batch.
 
+``examples``  (optional keyword; methods that select examples, i.e. ESAM)
+    An :class:`Examples` bundle over the same minibatch: ``losses_fn(params)``
+    returns the per-example losses ``(B,)`` at other weights (a forward pass,
+    same batch, same dropout key), ``subset_grad_fn(params, indices)`` the
+    gradient (and aux) of the mean loss over the examples ``indices`` (an int
+    array of static length), ``losses`` the per-example losses at ``params``
+    when the caller's clean pass has them (else ``losses_fn(params)`` is
+    called) and ``valid`` which examples are real (``False`` for padding).
+    :func:`examples_from_loss` builds one from a per-example loss; the train
+    step passes one for losses that are a mean over examples. Methods that do
+    not select examples ignore it.
+
 What comes out is a *direction* for the rest of the chain (the base optimizer
 turns it into an update), except for decoupled :func:`~sam_jax.wsam`, which
 wraps its base optimizer and returns the update itself.
@@ -55,7 +67,7 @@ the first finiteness check downstream (the train step's) reports it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -442,6 +454,46 @@ def grad_fn_from_loss(
     return grads, {"loss": value}
 
   return grad_fn
+
+
+class Examples(NamedTuple):
+  """The minibatch example by example, for methods that select examples (``examples``)."""
+
+  losses_fn: Callable[[Params], jax.Array]
+  subset_grad_fn: Callable[[Params, jax.Array], tuple[Grads, Aux]]
+  losses: Optional[jax.Array] = None
+  valid: Optional[jax.Array] = None
+
+
+def examples_from_loss(
+    example_loss_fn: Callable[..., jax.Array], *batch: Any, valid: Optional[jax.Array] = None
+) -> Examples:
+  """An :class:`Examples` for ``example_loss_fn(params, *batch) -> (B,)``.
+
+  Each array of ``batch`` has the examples on its leading axis; a subset's
+  loss is the mean over its ``valid`` examples (all, when ``valid`` is
+  ``None``), and its aux is ``{"loss": value}`` as in
+  :func:`grad_fn_from_loss`.
+  """
+
+  def losses_fn(params):
+    return example_loss_fn(params, *batch)
+
+  def subset_grad_fn(params, indices):
+    part = [jnp.take(b, indices, axis=0) for b in batch]
+    weights = None if valid is None else jnp.take(valid, indices, axis=0)
+
+    def mean_loss(p):
+      losses = example_loss_fn(p, *part)
+      if weights is None:
+        return jnp.mean(losses)
+      w = weights.astype(losses.dtype)
+      return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    value, grads = jax.value_and_grad(mean_loss)(params)
+    return grads, {"loss": value}
+
+  return Examples(losses_fn, subset_grad_fn, valid=valid)
 
 
 def update_with_aux(

@@ -95,8 +95,8 @@ class TrainConfig:
   rho_min: Optional[float] = None       # GSAM: ρ follows the lr down to rho_min
   eta: Optional[float] = None           # ASAM
   alpha: Optional[float] = None         # GSAM, LookSAM
-  gamma: Optional[float] = None         # WSAM, CR-SAM
-  beta: Optional[float] = None          # CR-SAM
+  gamma: Optional[float] = None         # WSAM, CR-SAM, ESAM (share of the batch)
+  beta: Optional[float] = None          # CR-SAM, ESAM (chance a tensor is perturbed)
   sigma: Optional[float] = None         # F-SAM
   lmbda: Optional[float] = None         # F-SAM
   period: Optional[int] = None          # LookSAM: SAM every period steps

@@ -18,6 +18,11 @@ In ``workdir``: ``config.json``, ``metrics.jsonl``, ``results.json``,
 continues from the newest checkpoint and produces the same records as an
 uninterrupted run with the same seed: the batch order and every key are
 functions of the seed, the epoch and the step only.
+
+Over several processes (``jax.distributed``; ``sam-jax --distributed``)
+every process runs this loop on the same batches and feeds its devices'
+rows of each; process 0 alone holds the work directory's lock and writes
+the records and checkpoints, and the others receive what it restores.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import time
 import jax
 
 from sam_jax.data import augment as augment_lib
+from sam_jax.train import checkpoint as checkpoint_lib
 from sam_jax.train import config as config_lib
 from sam_jax.train import memory as memory_lib
 from sam_jax.train import parallel, setup, tensorboard
 from sam_jax.train import records as records_lib
-from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.epoch import EpochSums, train_epoch
 from sam_jax.train.losses import loss_for_task
@@ -66,6 +71,9 @@ def train_and_evaluate(
   """
   setup.check_config(config)
   workdir = pathlib.Path(workdir)
+  if jax.process_index() > 0:
+    # Process 0 locks the work directory, writes and prints; this one computes.
+    return _train_and_evaluate(config, workdir, resume, lambda *args, **kwargs: None)
   with WorkdirLock(workdir, log) as lock:
     return _train_and_evaluate(config, workdir, resume, log, lock.check)
 
@@ -77,6 +85,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   # compute the same step, so a resume may give either.
   config = config.replace(parallel=parallel.resolve_mode(
       config.parallel, config.batch_size, config.m_sharpness, config.accumulation_steps))
+  parallel.check_processes(config.parallel)
+  writes = jax.process_index() == 0
   dataset = setup.load_data(config)
   setup.check_against_data(config, dataset)
   for warning in setup.data_warnings(dataset):
@@ -104,8 +114,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
                                      augment_fn=augment_fn))
 
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-  epoch_log = records_lib.EpochLog(workdir)
+  checkpointer = checkpoint_lib.for_run(workdir / "checkpoints", config.keep_checkpoints)
+  epoch_log = records_lib.EpochLog(workdir, write=writes)
   start_epoch, start_batch, sums = 0, 0, EpochSums()
   selection = Selection(config.select_by, config.early_stopping)
   if resume and checkpointer.latest_step() is not None:
@@ -127,7 +137,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
                           "that run, or choose a new work directory.")
   else:
     epoch_log.start()
-  records_lib.write_json(workdir / "config.json", config.to_dict())
+  if writes:
+    records_lib.write_json(workdir / "config.json", config.to_dict())
 
   placement = parallel.place(build, config.parallel, config.m_sharpness)
   device_state = placement.to_device(state)
@@ -149,8 +160,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
     if config.parallel in ("none", "sharded"):  # evaluation sees one device's copy
       eval_step = compiled_eval
   param_paths = state.params
-  progress = records_lib.progress_bars(config.progress)
-  board = tensorboard.writer(config.tensorboard, workdir, lambda s: float(schedule(s)), config.rho)
+  progress = records_lib.progress_bars(config.progress and writes)
+  board = tensorboard.writer(config.tensorboard and writes, workdir, lambda s: float(schedule(s)), config.rho)
 
   def meta_for(epoch, batch, sums_):
     return {"epoch": epoch, "batch": batch, "sums": dataclasses.asdict(sums_),
@@ -224,7 +235,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
       stopped_early=stopped_early, steps=step, steps_per_epoch=steps_per_epoch,
       epoch_times=epoch_times, first_step_s=first_step_s,
       wall_seconds=time.perf_counter() - start_time)
-  records_lib.write_json(workdir / "results.json", results)
-  records_lib.plot_curves(epochs, workdir / "curves.png",
-                          title=f"{dataset.name} {config.model} {config.optimizer} {config.loss}")
+  if writes:
+    records_lib.write_json(workdir / "results.json", results)
+    records_lib.plot_curves(epochs, workdir / "curves.png",
+                            title=f"{dataset.name} {config.model} {config.optimizer} {config.loss}")
   return results

@@ -61,6 +61,9 @@ class Objective(NamedTuple):
   name: str
   init: Callable[[], tuple[Any, Any]]
   loss: Callable[..., LossValue]
+  # A mean over examples, so one example's loss is the loss of a batch of one
+  # (what ESAM ranks examples by); pairwise and weighted objectives are not.
+  decomposable: bool = False
 
 
 def join_params(model_params: Any, variables: Any) -> Any:
@@ -89,7 +92,8 @@ def as_objective(loss: Any) -> Objective:
     del variables, index
     return loss(logits, labels, mask), state
 
-  return Objective(getattr(loss, "__name__", "loss"), lambda: (None, None), value)
+  return Objective(getattr(loss, "__name__", "loss"), lambda: (None, None), value,
+                   decomposable=True)
 
 
 def merge_parts(old: Any, stacked: Any) -> Any:
@@ -234,6 +238,8 @@ LOSSES: dict[str, tuple[str, ...]] = {
     "pauc_kl": (ds.BINARY,),
     "tpauc_kl": (ds.BINARY,),
 }
+# The losses that are a mean over examples (Objective.decomposable).
+EXAMPLE_LOSSES = ("ce",)
 AUC_LOSSES = ("aucm", "aucm_v1", "ap", "pauc_cvar", "pauc_kl", "tpauc_kl")
 
 

@@ -41,6 +41,7 @@ SHARPNESS_METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs
     "looksam": sam_jax.looksam,
     "ae_sam": sam_jax.ae_sam,
     "randomized_sam": sam_jax.randomized_sam,
+    "esam": sam_jax.esam,
 }
 # One-pass methods: placed after the base optimizer, whose step they read.
 AFTER_BASE_METHODS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -150,8 +151,8 @@ def sharpness_kwargs(config: TrainConfig, method: str) -> dict[str, Any]:
       raise ValueError(f"{method} takes no {field!r} (its hyperparameters: "
                        f"{', '.join(p for p in accepted if p not in ('eps', 'mask', 'base', 'seed'))}).")
     kwargs[name] = value
-  if method == "randomized_sam":
-    kwargs["seed"] = config.seed  # each seed of a study draws its own SAM steps
+  if method in ("randomized_sam", "esam"):
+    kwargs["seed"] = config.seed  # each seed of a study draws its own steps or weight masks
   return kwargs
 
 

@@ -14,14 +14,15 @@ the same call signature ``(state, batch, rng) -> (state, metrics)``:
   replicated, the batch split along its first axis. Under ``shard_map`` JAX
   sums the gradient of a replicated input over the mesh by itself, so the
   weights are made device-varying before differentiation (:func:`vary`).
-* :func:`sharded_step`: one program over a 1-D mesh of local devices,
+* :func:`sharded_step`: one program over a 1-D mesh of all devices,
   ``jax.jit`` with the batch split along its first axis and the state
   replicated; XLA partitions the computation and inserts the cross-device
   sums. Unlike pmap and shard_map it changes no math: BatchNorm statistics,
   the loss and SAM's perturbation are those of the whole batch, so a step
   equals the one-device step to float tolerance. It is what ``"auto"``
-  picks when a process sees several devices (on a CPU, several host
-  devices: see :func:`use_host_devices`).
+  picks when a run sees several devices (on a CPU, several host devices:
+  see :func:`use_host_devices`; over several processes, every process's:
+  see :func:`start_distributed` and :func:`put_global`).
 * :func:`msharpness_step`: m-sharpness on one device: the batch is split
   into ``k`` sub-batches, each perturbed with its own gradient, as ``k``
   devices would, by a ``jax.vmap`` with an axis name; the directions are
@@ -118,13 +119,41 @@ def first_device_copy(tree: Any) -> Any:
 
 
 def place_for_shard_map(mesh: Mesh, state: Any = None, batch: Any = None):
-  """Puts the state (replicated) and the batch (split) where shard_map wants them."""
+  """Puts the state (replicated) and the batch (split) where shard_map wants them.
+
+  Over several processes each one holds the whole host batch (every process
+  draws the same batches from the seed) and contributes the rows of its own
+  devices (:func:`put_global`).
+  """
   out = []
   if state is not None:
-    out.append(jax.device_put(state, NamedSharding(mesh, P())))
+    out.append(put_global(state, NamedSharding(mesh, P())))
   if batch is not None:
-    out.append(jax.device_put(batch, NamedSharding(mesh, P(MESH_AXIS))))
+    out.append(put_global(batch, NamedSharding(mesh, P(MESH_AXIS))))
   return out[0] if len(out) == 1 else tuple(out)
+
+
+def put_global(tree: Any, sharding: NamedSharding) -> Any:
+  """``tree`` (the same host values on every process) as global arrays with ``sharding``.
+
+  One process: :func:`jax.device_put`. Several: each process passes the
+  slice its own devices hold to :func:`jax.make_array_from_process_local_data`
+  (for a split batch, its contiguous rows; for a replicated leaf, all of it),
+  so no process sends data to another.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    x = np.asarray(x)
+    spans = sharding.addressable_devices_indices_map(x.shape).values()
+    rows = [index[0] if index else slice(None) for index in spans]
+    start = min(r.start or 0 for r in rows)
+    stop = max(x.shape[0] if r.stop is None else r.stop for r in rows) if x.ndim else None
+    local = x[start:stop] if x.ndim else x
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+  return jax.tree.map(put, tree)
 
 
 def msharpness_step(build: StepBuilder, k: int) -> Callable:
@@ -166,7 +195,7 @@ def place(build: StepBuilder, mode: str = "none", m_sharpness: int = 1) -> Place
   ``"sharded"``; ``"auto"`` must be resolved first, see :func:`resolve_mode`)."""
   same = lambda x: x
   if mode == "sharded":
-    mesh = make_mesh(jax.local_device_count())
+    mesh = make_mesh()
     return Placement(sharded_step(build, mesh), lambda s: place_for_shard_map(mesh, state=s),
                      first_device_copy, lambda b: place_for_shard_map(mesh, batch=b), same)
   if mode == "pmap":
@@ -175,8 +204,9 @@ def place(build: StepBuilder, mode: str = "none", m_sharpness: int = 1) -> Place
                      lambda b: shard_batch(b, n), unreplicate)
   if mode == "shard_map":
     mesh = make_mesh()
+    to_host = first_device_copy if jax.process_count() > 1 else same
     return Placement(shard_map_step(build, mesh), lambda s: place_for_shard_map(mesh, state=s),
-                     same, lambda b: place_for_shard_map(mesh, batch=b), same)
+                     to_host, lambda b: place_for_shard_map(mesh, batch=b), same)
   if m_sharpness > 1:
     return Placement(msharpness_step(build, m_sharpness), same, same, same, same)
   return Placement(jit_step(build), same, same, same, same)
@@ -193,28 +223,55 @@ def split_count(mode: str) -> int:
   """How many devices ``mode`` splits each batch over (whatever their math);
   the batch size must be a multiple of it."""
   if mode == "sharded":
-    return jax.local_device_count()
+    return jax.device_count()
   return device_count(mode)
+
+
+MULTI_PROCESS_MODES = ("sharded", "shard_map")
+
+
+def check_processes(mode: str) -> None:
+  """Refuses a mode that runs on one process's devices in a run over several."""
+  if jax.process_count() > 1 and mode not in MULTI_PROCESS_MODES:
+    raise ValueError(f"this run spans {jax.process_count()} processes, which parallel {mode!r} "
+                     f"does not; use {' or '.join(MULTI_PROCESS_MODES)} (or auto).")
 
 
 def resolve_mode(mode: str, batch_size: int, m_sharpness: int = 1,
                  accumulation_steps: int = 1) -> str:
   """``"auto"`` as a concrete mode; any other mode as it is.
 
-  ``"auto"`` is ``"sharded"`` when this process sees more than one device,
-  runs alone (multi-host runs choose their mode), and the batch splits
-  evenly over them with one micro-batch and no m-sharpness (a micro-batch
-  or an m-sharpness sub-batch is a contiguous slice of the batch, which
-  would sit on one device); otherwise ``"none"``. Both compute the same
-  step, so the choice changes speed only.
+  ``"auto"`` is ``"sharded"`` when the run sees more than one device (all
+  processes' together) and the batch splits evenly over them with one
+  micro-batch and no m-sharpness (a micro-batch or an m-sharpness sub-batch
+  is a contiguous slice of the batch, which would sit on one device);
+  otherwise ``"none"``. Both compute the same step, so the choice changes
+  speed only. A run over several processes is always ``"sharded"`` (the
+  checks then name what does not split).
   """
   if mode != "auto":
     return mode
-  n = jax.local_device_count()
-  if (n > 1 and jax.process_count() == 1 and batch_size % n == 0 and m_sharpness == 1
-      and accumulation_steps == 1):
+  if jax.process_count() > 1:
+    return "sharded"
+  n = jax.device_count()
+  if n > 1 and batch_size % n == 0 and m_sharpness == 1 and accumulation_steps == 1:
     return "sharded"
   return "none"
+
+
+def start_distributed(coordinator_address: Optional[str] = None,
+                      num_processes: Optional[int] = None,
+                      process_id: Optional[int] = None) -> None:
+  """Joins JAX's distributed runtime, before JAX's first computation.
+
+  Arguments left ``None`` are detected by :func:`jax.distributed.initialize`
+  (SLURM, Open MPI, TPU pods, Kubernetes). CPU processes exchange their
+  collectives over gloo (TCP), so the same run works on CPU hosts and on
+  GPU/TPU ones.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
 
 
 HOST_DEVICES_ENV = "SAM_JAX_CPU_DEVICES"

@@ -38,27 +38,39 @@ def device_info() -> dict[str, Any]:
 
 
 class EpochLog:
-  """``metrics.jsonl``: appended once per epoch, cut back on resume."""
+  """``metrics.jsonl``: appended once per epoch, cut back on resume.
 
-  def __init__(self, workdir: pathlib.Path):
+  ``write=False`` keeps the records in memory only (the processes of a
+  multi-process run other than process 0, which writes the file).
+  """
+
+  def __init__(self, workdir: pathlib.Path, write: bool = True):
     self.path = workdir / "metrics.jsonl"
+    self.write = write
+    self.kept: list[dict] = []
 
   def start(self) -> None:
-    self.path.write_text("")
+    if self.write:
+      self.path.write_text("")
 
   def truncate(self, epochs_done: int) -> None:
     """Drops the records of epochs after the checkpoint (1-based epoch numbers)."""
-    if not self.path.exists():
+    if not self.write or not self.path.exists():
       return
     lines = [line for line in self.path.read_text().splitlines()
              if line.strip() and json.loads(line)["epoch"] <= epochs_done]
     self.path.write_text("".join(line + "\n" for line in lines))
 
   def append(self, record: dict) -> None:
+    if not self.write:
+      self.kept.append(record)
+      return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
   def read(self) -> list[dict]:
+    if not self.write:
+      return list(self.kept)
     return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 

@@ -7,6 +7,7 @@ at fault; :func:`build` wires them into a :class:`Run`. Nothing here trains.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import pathlib
 from typing import Any, Callable, Iterator, Optional
@@ -23,7 +24,7 @@ from sam_jax.data import batches as batches_lib
 from sam_jax.data import dataset as ds
 from sam_jax.errors import one_line
 from sam_jax.train import config as config_lib
-from sam_jax.train import objectives, parallel
+from sam_jax.train import objectives, optim, parallel
 from sam_jax.train.checkpoint import Checkpointer
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.optim import build_optimizer, check_names
@@ -141,6 +142,23 @@ def check_config(config: TrainConfig) -> None:
                      f"{config.accumulation_steps} micro-batches"
                      + (f" of each of the m_sharpness {config.m_sharpness} sub-batches"
                         if config.m_sharpness > 1 else "") + ".")
+
+
+  if config.optimizer == "esam" and _esam_gamma(config) < 1:
+    if config.loss not in objectives.EXAMPLE_LOSSES:
+      raise ValueError(f"esam with gamma < 1 ranks examples by their own loss, which loss "
+                       f"{config.loss!r} has not (it is not a mean over examples); use "
+                       f"--loss {' or '.join(objectives.EXAMPLE_LOSSES)}, or --gamma 1.")
+    if config.accumulation_steps > 1:
+      raise ValueError("esam with gamma < 1 selects examples from the whole batch, which "
+                       "accumulation_steps > 1 never holds at once; use --accumulation-steps 1 "
+                       "or --gamma 1.")
+
+
+def _esam_gamma(config: TrainConfig) -> float:
+  if config.gamma is not None:
+    return config.gamma
+  return inspect.signature(optim.METHODS["esam"]).parameters["gamma"].default
 
 
 def check_against_data(config: TrainConfig, dataset: ds.Dataset) -> None:

@@ -190,6 +190,10 @@ def make_train_step(
 
     sharpness_aware = optimizers.is_sharpness_aware(state.opt_state)
     extra = {}
+    if objective.decomposable and accumulation_steps == 1 and optimizers.selects_examples(
+        state.opt_state):
+      extra["examples"] = _examples(objective, apply_fn, state, whole, logits,
+                                    value_and_grad_of, vary, axis_name if synchronized else None)
     if axis_name is not None:
       if synchronized or not sharpness_aware:
         grads = jax.lax.pmean(grads, axis_name)
@@ -232,6 +236,48 @@ def make_train_step(
     return new_state, metrics
 
   return step
+
+
+def _examples(objective: objectives.Objective, apply_fn: Callable, state: TrainState,
+              whole: dict[str, Any], clean_logits: jax.Array, value_and_grad_of: Callable,
+              vary: Callable, mean_axis: Optional[str]) -> optimizers.Examples:
+  """The batch example by example, for a method that selects examples (ESAM).
+
+  Per-example losses come from logits of the whole batch (BatchNorm with the
+  batch's statistics), so the clean ones are the clean pass's, at no cost; a
+  subset's gradient runs the model on the subset alone, with the same dropout
+  key. ``mean_axis``: average the subset's gradient across devices
+  (synchronized perturbation).
+  """
+
+  def per_example(params, logits):
+    _, variables = objectives.split_params(params)
+
+    def one(logit, label):
+      value, _ = objective.loss(variables, state.objective_state, logit[None], label[None],
+                                None, None)
+      return value
+
+    return jax.vmap(one)(logits, whole["labels"])
+
+  def losses_fn(params):
+    model_params, _ = objectives.split_params(params)
+    logits, _ = apply_fn(model_params, state.model_state, whole["images"], train=True,
+                         rng=whole["rng"])
+    return per_example(params, logits)
+
+  def subset_grad_fn(params, indices):
+    part = {name: value if value is None or name == "rng" else jnp.take(value, indices, axis=0)
+            for name, value in whole.items()}
+    (value, _), g = value_and_grad_of(vary(params), part)
+    if mean_axis is not None:
+      g, value = jax.lax.pmean((g, value), mean_axis)
+    return g, {"loss": value}
+
+  mask = whole["mask"]
+  return optimizers.Examples(losses_fn, subset_grad_fn,
+                             losses=per_example(state.params, clean_logits),
+                             valid=None if mask is None else mask > 0)
 
 
 def micro_batches(whole: dict[str, Any], k: int) -> dict[str, Any]:

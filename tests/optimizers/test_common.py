@@ -36,6 +36,9 @@ METHODS = {
     "ae_sam": (sam_jax.ae_sam, dict(rho=0.1, threshold=0.5, ema_decay=0.6, skip="cond")),
     "randomized_sam": (sam_jax.randomized_sam, dict(rho=0.1, probability=0.5, seed=3,
                                                     skip="cond")),
+    # Weight masks only: its data selection needs ``examples`` (tests/optimizers/test_esam.py).
+    # Seed 1 perturbs 3 of the 5 leaves on the first step.
+    "esam": (sam_jax.esam, dict(rho=0.1, beta=0.6, gamma=1.0, seed=1)),
 }
 # The methods that take the second pass on some steps only (through lax.cond). Each
 # takes it on the first step (randomized_sam: seed 3 draws 0.009 there), so that
@@ -255,7 +258,8 @@ def test_chain_converges_to_the_known_minimum(name, base):
 def test_inject_hyperparams(name, problem):
   factory, kwargs = METHODS[name]
   radius = RADIUS[name]
-  injected = optax.inject_hyperparams(factory)(**kwargs)
+  static = ("gamma",) if name == "esam" else ()  # the size of ESAM's subset
+  injected = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
   (got,) = run_updates(injected, problem, jit=True)
   (want,) = run_updates(factory(**kwargs), problem, jit=True)
   assert_same(got, want)

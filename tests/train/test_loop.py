@@ -272,6 +272,16 @@ def test_train_on_your_own_zip_of_class_folders(tmp_path, capsys):
   assert cli.main(["eval", str(tmp_path / "run"), "--split", "test"]) == 0
 
 
+def test_esam_trains_from_the_cli_with_its_sharpness_logged(tiny_npz, tmp_path):
+  assert cli.main(["train", "--dataset", tiny_npz, *TINY, "--optimizer", "esam",
+                   "--beta", "0.5", "--gamma", "0.25", "--learning-rate", "0.05",
+                   "--epochs", "1", "--workdir", str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["config"]["gamma"] == 0.25 and 0 <= results["test"]["auc"] <= 1
+  epoch, = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert math.isfinite(epoch["train_sharpness"]) and math.isfinite(epoch["train_perturbed_loss"])
+
+
 def test_momentum_sam_runs_are_evaluated_at_the_weights_it_optimizes(tiny_npz, tmp_path, capsys):
   """Momentum-SAM trains perturbed weights; evaluation, `sam-jax eval` and restored runs
   remove the perturbation (its checkpoints keep it, so a resume goes on exactly)."""

@@ -125,9 +125,39 @@ METHODS = {
     "looksam": optax.chain(sam_jax.looksam(0.05, period=2), optax.sgd(0.05)),
     "ae_sam": optax.chain(sam_jax.ae_sam(0.05), optax.sgd(0.05)),
     "randomized_sam": optax.chain(sam_jax.randomized_sam(0.05), optax.sgd(0.05)),
+    "esam": optax.chain(sam_jax.esam(0.05), optax.sgd(0.05)),
 }
 # Their second pass exists on some steps only, so its loss is not a metric.
 NO_PERTURBED_LOSS = ("sgd", "looksam", "ae_sam", "randomized_sam")
+
+
+def test_esam_ranks_the_batch_by_its_losses_and_descends_on_the_sharpest_half():
+  rho, lr, gamma = 0.5, 0.1, 0.5
+  tx = optax.chain(sam_jax.esam(rho, beta=1.0, gamma=gamma), optax.sgd(lr))
+  apply_fn, state, build = setup(DropoutMLP(), tx)
+  rng = jax.random.key(5)
+  new_state, metrics = jax.jit(build())(copy(state), BATCH, rng)
+
+  dropout_rng, _ = jax.random.split(rng)
+  images = augment.normalize(BATCH["image"])
+  labels = BATCH["label"]
+
+  def losses_at(params, x, y):
+    logits, _ = apply_fn(params, {}, x, train=True, rng=dropout_rng)
+    return jax.vmap(lambda l, t: LOSS(l[None], t[None]))(logits, y)
+
+  g = jax.grad(lambda p: jnp.mean(losses_at(p, images, labels)))(state.params)
+  perturbed = jax.tree.map(lambda w, x: w + rho * x / sam_jax.optimizers.global_norm(g),
+                           state.params, g)
+  rise = losses_at(perturbed, images, labels) - losses_at(state.params, images, labels)
+  chosen = np.argsort(-np.asarray(rise), kind="stable")[:4]
+  g_p = jax.grad(lambda p: jnp.mean(losses_at(p, images[chosen], labels[chosen])))(perturbed)
+  expected = jax.tree.map(lambda w, d: w - lr * d, state.params, g_p)
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # The perturbed loss is the whole batch's, as for SAM, not the chosen half's.
+  assert float(metrics["perturbed_loss"]) == pytest.approx(
+      float(jnp.mean(losses_at(perturbed, images, labels))), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)
