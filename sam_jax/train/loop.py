@@ -85,7 +85,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   # compute the same step, so a resume may give either.
   config = config.replace(parallel=parallel.resolve_mode(
       config.parallel, config.batch_size, config.m_sharpness, config.accumulation_steps))
-  parallel.check_processes(config.parallel)
+  parallel.check_processes(config.parallel, config.m_sharpness)
   writes = jax.process_index() == 0
   dataset = setup.load_data(config)
   setup.check_against_data(config, dataset)

@@ -230,11 +230,18 @@ def split_count(mode: str) -> int:
 MULTI_PROCESS_MODES = ("sharded", "shard_map")
 
 
-def check_processes(mode: str) -> None:
-  """Refuses a mode that runs on one process's devices in a run over several."""
-  if jax.process_count() > 1 and mode not in MULTI_PROCESS_MODES:
+def check_processes(mode: str, m_sharpness: int = 1) -> None:
+  """Refuses a mode (or m-sharpness, a one-device placement) that runs on one
+  process's devices in a run over several."""
+  if jax.process_count() == 1:
+    return
+  if mode not in MULTI_PROCESS_MODES:
     raise ValueError(f"this run spans {jax.process_count()} processes, which parallel {mode!r} "
                      f"does not; use {' or '.join(MULTI_PROCESS_MODES)} (or auto).")
+  if m_sharpness > 1:
+    raise ValueError(f"m_sharpness > 1 splits the batch on one device; this run spans "
+                     f"{jax.process_count()} processes: use --parallel shard_map, whose "
+                     "per-device batch sets m.")
 
 
 def resolve_mode(mode: str, batch_size: int, m_sharpness: int = 1,

@@ -143,7 +143,9 @@ def test_asam_is_invariant_to_relu_rescalings(network, rho):
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * float(np.max(np.abs(want))))
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+# Few examples: multidevice_check.py checks every method's synchronized
+# perturbation on 4 devices; this adds random trees and 2 devices.
+@settings(max_examples=3, deadline=None, derandomize=True)
 @given(problems(), st.sampled_from(sorted(METHODS)), st.sampled_from([2, 4]),
        st.integers(0, 2**16))
 def test_synchronized_perturbation_on_k_devices_is_one_device_on_the_global_batch(

@@ -1,8 +1,10 @@
 """Train steps on 4 CPU devices under jax.pmap, jax.shard_map and sharded jit.
 
 Run by test_parallel.py in a subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=4``. For SAM, GSAM and
-CR-SAM (and plain SGD), on a global batch of 16 (4 per device):
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``. For SAM (one
+``grad_fn`` call) and CR-SAM (two), plain SGD, Momentum-SAM and ESAM (which
+also selects examples), on a global batch of 16 (4 per device); the other
+methods' per-device and synchronized directions are multidevice_check.py's:
 
 * synchronized perturbation = the single-device step on the global batch
   (a model without BatchNorm, which would normalize each shard alone);
@@ -15,7 +17,9 @@ CR-SAM (and plain SGD), on a global batch of 16 (4 per device):
 * gradient accumulation on each device (2 micro-batches of 2) with a
   synchronized perturbation is still the single-device step on the global batch;
 * the sharded step (``parallel="sharded"``, what ``"auto"`` picks) is the
-  single-device step, BatchNorm included, and its state comes back replicated.
+  single-device step, BatchNorm included, and its state comes back replicated;
+* ESAM ranks each device's own examples, so its synchronized perturbation is
+  not the global batch's step (not compared); its sharded step is.
 
 Prints one ``ok`` line per check; exits non-zero on the first mismatch.
 """
@@ -66,7 +70,6 @@ class BatchNormNet(nn.Module):
 TXS = {
     "sgd": lambda: optax.sgd(0.1),
     "sam": lambda: optax.chain(sam_jax.sam(0.3), optax.sgd(0.1)),
-    "gsam": lambda: optax.chain(sam_jax.gsam(0.3, alpha=0.5), optax.sgd(0.1)),
     "crsam": lambda: optax.chain(sam_jax.crsam(0.3, 0.2, 0.1), optax.sgd(0.1)),
     "momentum_sam": lambda: optax.chain(optax.sgd(0.1, momentum=0.9), sam_jax.momentum_sam(0.3)),
     "esam": lambda: optax.chain(sam_jax.esam(0.3, beta=0.6, gamma=0.5, seed=1), optax.sgd(0.1)),

@@ -5,7 +5,7 @@ from tests.simulated_devices import run_check
 
 def test_train_steps_on_four_devices():
   # 5 optimizers x 2 runners x 2 modes, 2 accumulated, 5 sharded, 2 x 2 BatchNorm checks.
-  run_check("tests.train.parallel_check", expected_ok_lines=34)
+  run_check("tests.train.parallel_check", expected_ok_lines=29)
 
 
 def test_auto_resolves_to_sharded_only_where_it_computes_the_same_step(monkeypatch):
@@ -34,6 +34,8 @@ def test_auto_resolves_to_sharded_only_where_it_computes_the_same_step(monkeypat
   for mode in ("none", "pmap"):
     with pytest.raises(ValueError, match=f"spans 2 processes, which parallel '{mode}'"):
       parallel.check_processes(mode)
+  with pytest.raises(ValueError, match="m_sharpness > 1 splits the batch on one device"):
+    parallel.check_processes("sharded", m_sharpness=2)
 
 
 def test_host_devices_are_left_alone_once_jax_runs_or_when_xla_flags_set_them(monkeypatch):
