@@ -71,6 +71,12 @@ OPTIONS = (
     Option("fast math", "--xla_cpu_enable_fast_math=true"),
     Option("concurrency-optimized scheduler",
            "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
+    # The default of jaxlib 0.10 is on; off, SAM's compiled peak at 224 px drops
+    # from SGD's + 12.3 parameter buffers to + 1.7 (benchmarks/memory_2d.py).
+    Option("concurrency-optimized scheduler off",
+           "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    Option("sharded over 2 host devices, concurrency-optimized scheduler off",
+           "--xla_cpu_enable_concurrency_optimized_scheduler=false", 2, "sharded"),
 )
 BASELINE = OPTIONS[0]
 FLOAT64 = Option("float64 reference (not timed)", dtype="float64")

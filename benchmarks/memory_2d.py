@@ -8,7 +8,9 @@ and the ImageNet stem at 224 px, ViT-S/16 at 224 px; 3 channels at 224, 1 at
 28, 2 classes) and each method (SGD with momentum; SAM, LookSAM, AE-SAM,
 randomized SAM before it; the variants with ``skip="select"`` and ``"cond"``),
 with and without rematerialization (``remat=True``: each residual/encoder
-block recomputed in the backward pass), the jitted train step (state
+block recomputed in the backward pass), and (``--schedulers``) as XLA
+schedules it by default and with XLA:CPU's schedule ordered for memory
+(``sam_jax.train.memory.compile_low_memory``), the jitted train step (state
 donated) is compiled, not run, and XLA's memory analysis read: the peak
 (``sam_jax.train.memory.compiled_bytes``: arguments + outputs + temporaries
 − aliased), the temporaries, and SAM's excess over SGD in units of one
@@ -55,7 +57,8 @@ def model_for(name: str, size: int, remat: bool):
   return models.create_model(name, 2, stem="imagenet" if size >= 224 else "cifar", remat=remat)
 
 
-def analyse(name: str, size: int, batch_size: int, method: str, remat: bool) -> dict:
+def analyse(name: str, size: int, batch_size: int, method: str, remat: bool,
+            scheduler: str = "speed") -> dict:
   channels = 3 if size >= 224 else 1
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, size, size, channels), dtype=np.uint8),
@@ -65,11 +68,13 @@ def analyse(name: str, size: int, batch_size: int, method: str, remat: bool) -> 
   tx = method_table()[method]()
   state = create_train_state(params, model_state, tx)
   step = jax.jit(make_train_step(apply_fn, softmax_cross_entropy(), tx), donate_argnums=(0,))
-  compiled = step.lower(state, batch, jax.random.key(0)).compile()
+  lowered = step.lower(state, batch, jax.random.key(0))
+  compiled = lowered.compile() if scheduler == "speed" else memory.compile_low_memory(lowered)
   analysis = compiled.memory_analysis()
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
   return {"model": name, "size": size, "batch_size": batch_size, "method": method,
-          "remat": remat, "params": n_params, "param_bytes": 4 * n_params,
+          "remat": remat, "scheduler": scheduler, "params": n_params,
+          "param_bytes": 4 * n_params,
           "peak_bytes": memory.compiled_bytes(compiled),
           "temp_bytes": int(analysis.temp_size_in_bytes),
           "argument_bytes": int(analysis.argument_size_in_bytes)}
@@ -87,12 +92,14 @@ def to_markdown(results: dict) -> str:
   for (name, size, batch), rows in blocks.items():
     lines += [f"## {name} at {size} px, batch {batch} ({rows[0]['params']:,} parameters, "
               f"{rows[0]['param_bytes'] / 2**20:.1f} MiB)", "",
-              "| method | remat | peak MiB | temporaries MiB | − SGD (param buffers) |",
-              "|---|---|---|---|---|"]
+              "| method | remat | schedule | peak MiB | temporaries MiB | − SGD (param buffers) |",
+              "|---|---|---|---|---|---|"]
     for row in rows:
-      sgd = next(r for r in rows if r["method"] == "sgd" and r["remat"] == row["remat"])
+      scheduler = row.get("scheduler", "speed")
+      sgd = next(r for r in rows if r["method"] == "sgd" and r["remat"] == row["remat"]
+                 and r.get("scheduler", "speed") == scheduler)
       excess = (row["peak_bytes"] - sgd["peak_bytes"]) / row["param_bytes"]
-      lines.append(f"| {row['method']} | {'yes' if row['remat'] else 'no'} | "
+      lines.append(f"| {row['method']} | {'yes' if row['remat'] else 'no'} | {scheduler} | "
                    f"{row['peak_bytes'] / 2**20:.0f} | {row['temp_bytes'] / 2**20:.0f} | "
                    f"{excess:+.2f} |")
     lines.append("")
@@ -106,6 +113,10 @@ def main() -> None:
   parser.add_argument("--methods", nargs="+", default=list(method_table()),
                       choices=list(method_table()))
   parser.add_argument("--remat", nargs="+", type=int, default=[0, 1], choices=[0, 1])
+  parser.add_argument("--schedulers", nargs="+", default=["speed"],
+                      choices=["speed", "memory"],
+                      help="XLA's default schedule, and (CPU) the one ordered for memory "
+                           "that the run's memory check falls back to")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
   args = parser.parse_args()
   backend = jax.default_backend()
@@ -113,17 +124,19 @@ def main() -> None:
              "command": "python -m benchmarks.memory_2d --configs " + " ".join(args.configs)
                         + " --methods " + " ".join(f"'{m}'" if " " in m else m
                                                    for m in args.methods)
-                        + " --remat " + " ".join(map(str, args.remat)),
+                        + " --remat " + " ".join(map(str, args.remat))
+                        + " --schedulers " + " ".join(args.schedulers),
              "rows": []}
   args.out.mkdir(parents=True, exist_ok=True)
   for spec in args.configs:
     name, size, batch = spec.split(":")
     for remat in args.remat:
-      for method in args.methods:
-        row = analyse(name, int(size), int(batch), method, bool(remat))
-        results["rows"].append(row)
-        print(f"{spec} {method} remat={remat}: peak {row['peak_bytes'] / 2**20:.0f} MiB",
-              flush=True)
+      for scheduler in args.schedulers:
+        for method in args.methods:
+          row = analyse(name, int(size), int(batch), method, bool(remat), scheduler)
+          results["rows"].append(row)
+          print(f"{spec} {method} remat={remat} {scheduler}: peak "
+                f"{row['peak_bytes'] / 2**20:.0f} MiB", flush=True)
       (args.out / f"memory_2d_{backend}.json").write_text(json.dumps(results, indent=2))
       (args.out / f"memory_2d_{backend}.md").write_text(to_markdown(results))
   print(to_markdown(results), flush=True)

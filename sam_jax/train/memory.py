@@ -31,6 +31,23 @@ from typing import Any, Callable, Optional
 
 import jax
 
+# XLA:CPU's concurrency-optimized scheduler (on by default in jaxlib 0.10)
+# orders a step for parallelism, which is faster (ResNet-18 w1/4 at 28 px: a
+# SAM step 0.675 s with it, 0.755 s without, benchmarks/results/scheduler/)
+# but keeps much more alive across SAM's two passes (ResNet-18 at 224 px,
+# batch 32: SAM's peak is SGD's + 12.3 parameter buffers with it, + 1.7
+# without; benchmarks/results/memory_2d_cpu.md). So it stays on, and a train
+# step that does not fit is compiled again with it off.
+LOW_MEMORY_CPU_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+
+
+def compile_low_memory(lowered: Any) -> Any:
+  """``lowered`` compiled with XLA's schedule ordered for memory (CPU; elsewhere as usual)."""
+  if jax.default_backend() != "cpu":
+    return lowered.compile()
+  return lowered.compile(compiler_options=LOW_MEMORY_CPU_OPTIONS)
+
+
 # A step is said to fit when it needs at most this share of what there is:
 # the process also holds the data and the host copies of the state, and
 # XLA:CPU's convolutions allocate scratch that the analysis does not count
@@ -194,15 +211,27 @@ def fit_eval_batch(lower_eval: Callable[[int], Any], requested: int, budget: Opt
   return size, tried[size][1]
 
 
-def check_train_step(lowered: Any, budget: Optional[int], batch_size: int) -> Any:
+def check_train_step(lowered: Any, budget: Optional[int], batch_size: int,
+                     log: Callable[[str], None] = lambda message: None) -> Any:
   """Compiles the lowered train step; raises if it needs more than ``budget``.
 
-  Returns the compiled step, for the run to use.
+  A CPU step that does not fit is compiled again with the schedule ordered
+  for memory (:func:`compile_low_memory`; slower, so only then). Returns the
+  compiled step, for the run to use.
   """
   compiled = lowered.compile()
   needed = compiled_bytes(compiled)
-  if needed is None or budget is None or needed <= HEADROOM * budget:
+  fits = lambda n: n is None or budget is None or n <= HEADROOM * budget
+  if fits(needed):
     return compiled
+  if jax.default_backend() == "cpu":
+    leaner = compile_low_memory(lowered)
+    lean_needed = compiled_bytes(leaner)
+    if fits(lean_needed):
+      log(f"the train step needs {human_bytes(needed)} as XLA schedules it for speed and "
+          f"{human_bytes(lean_needed)} scheduled for memory, which fits: using that (slower)")
+      return leaner
+    needed = lean_needed if lean_needed is not None else needed
   raise NotEnoughMemoryError(
       f"one train step at batch {batch_size} needs {human_bytes(needed)} and this process has "
       f"{human_bytes(budget)} (a step may use {HEADROOM:.0%} of it): lower --batch-size or --width, "
@@ -221,7 +250,7 @@ def check_run(lower_train: Callable[[], Any], eval_step: Any, eval_state: Any, s
   step; raises :class:`NotEnoughMemoryError` for a train step that cannot fit.
   """
   budget = available_bytes()
-  train_step = check_train_step(lower_train(), budget, batch_size)
+  train_step = check_train_step(lower_train(), budget, batch_size, log)
   capped = cpu_eval_cap(eval_batch_size, math.prod(split.images.shape[1:]))
   if capped < eval_batch_size:
     log(f"evaluating in batches of {capped} instead of {eval_batch_size}: on a CPU an evaluation "

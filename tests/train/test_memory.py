@@ -73,6 +73,43 @@ def test_a_train_step_that_cannot_fit_stops_before_the_first_step(tiny_npz, tmp_
   assert not list((workdir / "checkpoints").glob("last/*"))
 
 
+class _Lowered:
+  """Stands for a lowered step whose two schedules need 100 and 40 bytes."""
+
+  def compile(self, compiler_options=None):
+    assert compiler_options in (None, memory.LOW_MEMORY_CPU_OPTIONS)
+    return "for memory" if compiler_options else "for speed"
+
+
+def test_a_cpu_train_step_that_does_not_fit_is_compiled_again_for_memory(monkeypatch):
+  monkeypatch.setattr(memory, "compiled_bytes", {"for speed": 100, "for memory": 40}.get)
+  said = []
+  assert memory.check_train_step(_Lowered(), 1000, 32, said.append) == "for speed"
+  assert not said  # fits as it is: the faster schedule stays
+  assert memory.check_train_step(_Lowered(), 100, 32, said.append) == "for memory"
+  assert "needs 0 MiB as XLA schedules it for speed" in said[0]
+  with pytest.raises(memory.NotEnoughMemoryError, match="needs 0 MiB"):
+    memory.check_train_step(_Lowered(), 60, 32, said.append)
+
+
+def test_the_memory_schedule_computes_the_same_step():
+  import sam_jax
+  from sam_jax.train.step import make_train_step
+
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
+           "label": rng.integers(0, 2, 8).astype(np.int32)}
+  model = models.create_model("resnet10", 2, width=0.0625)
+  apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
+  tx = optax.chain(sam_jax.sam(0.05), optax.sgd(0.1))
+  step = jax.jit(make_train_step(apply_fn, softmax_cross_entropy(), tx))
+  lowered = step.lower(create_train_state(params, model_state, tx), batch, jax.random.key(1))
+  outs = [compiled(create_train_state(params, model_state, tx), batch, jax.random.key(1))[0]
+          for compiled in (lowered.compile(), memory.compile_low_memory(lowered))]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               outs[0].params, outs[1].params)
+
+
 def test_an_eval_batch_that_does_not_fit_is_lowered_in_a_run(tiny_npz, tmp_path, monkeypatch,
                                                              capsys):
   real_fit = memory.fit_eval_batch
