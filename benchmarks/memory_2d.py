@@ -8,10 +8,10 @@ and the ImageNet stem at 224 px, ViT-S/16 at 224 px; 3 channels at 224, 1 at
 28, 2 classes) and each method (SGD with momentum; SAM, LookSAM, AE-SAM,
 randomized SAM before it; the variants with ``skip="select"`` and ``"cond"``),
 with and without rematerialization (``remat=True``: each residual/encoder
-block recomputed in the backward pass), and (``--schedulers``) as XLA
-schedules it by default and with XLA:CPU's schedule ordered for memory
-(``sam_jax.train.memory.compile_low_memory``), the jitted train step (state
-donated) is compiled, not run, and XLA's memory analysis read: the peak
+block recomputed in the backward pass), the jitted train step (state
+donated) is compiled, not run, and XLA's memory analysis read (with
+``--cpu-schedule memory``, XLA:CPU's concurrency-optimized scheduler off, as
+``sam-jax --cpu-schedule memory`` does): the peak
 (``sam_jax.train.memory.compiled_bytes``: arguments + outputs + temporaries
 − aliased), the temporaries, and SAM's excess over SGD in units of one
 float32 parameter-sized buffer (the issue's goal: at most 1). Compile-only,
@@ -58,7 +58,7 @@ def model_for(name: str, size: int, remat: bool):
 
 
 def analyse(name: str, size: int, batch_size: int, method: str, remat: bool,
-            scheduler: str = "speed") -> dict:
+            schedule: str = "speed") -> dict:
   channels = 3 if size >= 224 else 1
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, size, size, channels), dtype=np.uint8),
@@ -68,12 +68,11 @@ def analyse(name: str, size: int, batch_size: int, method: str, remat: bool,
   tx = method_table()[method]()
   state = create_train_state(params, model_state, tx)
   step = jax.jit(make_train_step(apply_fn, softmax_cross_entropy(), tx), donate_argnums=(0,))
-  lowered = step.lower(state, batch, jax.random.key(0))
-  compiled = lowered.compile() if scheduler == "speed" else memory.compile_low_memory(lowered)
+  compiled = step.lower(state, batch, jax.random.key(0)).compile()
   analysis = compiled.memory_analysis()
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
   return {"model": name, "size": size, "batch_size": batch_size, "method": method,
-          "remat": remat, "scheduler": scheduler, "params": n_params,
+          "remat": remat, "schedule": schedule, "params": n_params,
           "param_bytes": 4 * n_params,
           "peak_bytes": memory.compiled_bytes(compiled),
           "temp_bytes": int(analysis.temp_size_in_bytes),
@@ -95,11 +94,11 @@ def to_markdown(results: dict) -> str:
               "| method | remat | schedule | peak MiB | temporaries MiB | − SGD (param buffers) |",
               "|---|---|---|---|---|---|"]
     for row in rows:
-      scheduler = row.get("scheduler", "speed")
+      schedule = row.get("schedule", "speed")
       sgd = next(r for r in rows if r["method"] == "sgd" and r["remat"] == row["remat"]
-                 and r.get("scheduler", "speed") == scheduler)
+                 and r.get("schedule", "speed") == schedule)
       excess = (row["peak_bytes"] - sgd["peak_bytes"]) / row["param_bytes"]
-      lines.append(f"| {row['method']} | {'yes' if row['remat'] else 'no'} | {scheduler} | "
+      lines.append(f"| {row['method']} | {'yes' if row['remat'] else 'no'} | {schedule} | "
                    f"{row['peak_bytes'] / 2**20:.0f} | {row['temp_bytes'] / 2**20:.0f} | "
                    f"{excess:+.2f} |")
     lines.append("")
@@ -113,32 +112,33 @@ def main() -> None:
   parser.add_argument("--methods", nargs="+", default=list(method_table()),
                       choices=list(method_table()))
   parser.add_argument("--remat", nargs="+", type=int, default=[0, 1], choices=[0, 1])
-  parser.add_argument("--schedulers", nargs="+", default=["speed"],
-                      choices=["speed", "memory"],
-                      help="XLA's default schedule, and (CPU) the one ordered for memory "
-                           "that the run's memory check falls back to")
+  parser.add_argument("--cpu-schedule", default="speed", choices=memory.CPU_SCHEDULES,
+                      help="how XLA:CPU orders the steps (sam-jax --cpu-schedule); the "
+                           "results of 'memory' go to memory_2d_<backend>_memory.{json,md}")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
   args = parser.parse_args()
+  schedule = memory.use_cpu_schedule(args.cpu_schedule)  # before JAX starts
   backend = jax.default_backend()
+  stem = f"memory_2d_{backend}" + ("_memory" if schedule == "memory" else "")
   results = {"backend": backend, "jax": jax.__version__, "host": platform.platform(),
              "command": "python -m benchmarks.memory_2d --configs " + " ".join(args.configs)
                         + " --methods " + " ".join(f"'{m}'" if " " in m else m
                                                    for m in args.methods)
                         + " --remat " + " ".join(map(str, args.remat))
-                        + " --schedulers " + " ".join(args.schedulers),
+                        + ("" if args.cpu_schedule == "speed"
+                           else f" --cpu-schedule {args.cpu_schedule}"),
              "rows": []}
   args.out.mkdir(parents=True, exist_ok=True)
   for spec in args.configs:
     name, size, batch = spec.split(":")
     for remat in args.remat:
-      for scheduler in args.schedulers:
-        for method in args.methods:
-          row = analyse(name, int(size), int(batch), method, bool(remat), scheduler)
-          results["rows"].append(row)
-          print(f"{spec} {method} remat={remat} {scheduler}: peak "
-                f"{row['peak_bytes'] / 2**20:.0f} MiB", flush=True)
-      (args.out / f"memory_2d_{backend}.json").write_text(json.dumps(results, indent=2))
-      (args.out / f"memory_2d_{backend}.md").write_text(to_markdown(results))
+      for method in args.methods:
+        row = analyse(name, int(size), int(batch), method, bool(remat), schedule)
+        results["rows"].append(row)
+        print(f"{spec} {method} remat={remat}: peak {row['peak_bytes'] / 2**20:.0f} MiB",
+              flush=True)
+      (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+      (args.out / f"{stem}.md").write_text(to_markdown(results))
   print(to_markdown(results), flush=True)
 
 

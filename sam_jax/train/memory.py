@@ -36,16 +36,39 @@ import jax
 # SAM step 0.675 s with it, 0.755 s without, benchmarks/results/scheduler/)
 # but keeps much more alive across SAM's two passes (ResNet-18 at 224 px,
 # batch 32: SAM's peak is SGD's + 12.3 parameter buffers with it, + 1.7
-# without; benchmarks/results/memory_2d_cpu.md). So it stays on, and a train
-# step that does not fit is compiled again with it off.
-LOW_MEMORY_CPU_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+# without). XLA reads the flag once per process (per-executable compiler
+# options leave it alone), so it is a process setting: `sam-jax
+# --cpu-schedule memory`.
+CPU_SCHEDULES = ("speed", "memory")
+CPU_SCHEDULE_ENV = "SAM_JAX_CPU_SCHEDULE"
+_SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
 
 
-def compile_low_memory(lowered: Any) -> Any:
-  """``lowered`` compiled with XLA's schedule ordered for memory (CPU; elsewhere as usual)."""
-  if jax.default_backend() != "cpu":
-    return lowered.compile()
-  return lowered.compile(compiler_options=LOW_MEMORY_CPU_OPTIONS)
+def use_cpu_schedule(schedule: Optional[str] = None, environ=None) -> str:
+  """Sets how XLA:CPU orders a step, before JAX starts: ``"speed"`` (XLA's
+  default) or ``"memory"`` (its concurrency-optimized scheduler off).
+
+  Default: ``$SAM_JAX_CPU_SCHEDULE``, else ``"speed"``. ``XLA_FLAGS`` that
+  already set the flag win. Returns the schedule in effect.
+  """
+  environ = os.environ if environ is None else environ
+  schedule = schedule or environ.get(CPU_SCHEDULE_ENV) or "speed"
+  if schedule not in CPU_SCHEDULES:
+    raise ValueError(f"the CPU schedule must be one of {', '.join(CPU_SCHEDULES)}, "
+                     f"got {schedule!r}.")
+  flags = environ.get("XLA_FLAGS", "")
+  if _SCHEDULER_FLAG in flags:
+    return "memory" if f"{_SCHEDULER_FLAG}=false" in flags else "speed"
+  if schedule == "memory":
+    environ["XLA_FLAGS"] = f"{flags} --{_SCHEDULER_FLAG}=false".strip()
+  return schedule
+
+
+def _memory_schedule_hint() -> str:
+  if jax.default_backend() != "cpu" or f"{_SCHEDULER_FLAG}=false" in os.environ.get(
+      "XLA_FLAGS", ""):
+    return ""
+  return ", or let XLA:CPU schedule the step for memory (sam-jax --cpu-schedule memory)"
 
 
 # A step is said to fit when it needs at most this share of what there is:
@@ -211,32 +234,20 @@ def fit_eval_batch(lower_eval: Callable[[int], Any], requested: int, budget: Opt
   return size, tried[size][1]
 
 
-def check_train_step(lowered: Any, budget: Optional[int], batch_size: int,
-                     log: Callable[[str], None] = lambda message: None) -> Any:
+def check_train_step(lowered: Any, budget: Optional[int], batch_size: int) -> Any:
   """Compiles the lowered train step; raises if it needs more than ``budget``.
 
-  A CPU step that does not fit is compiled again with the schedule ordered
-  for memory (:func:`compile_low_memory`; slower, so only then). Returns the
-  compiled step, for the run to use.
+  Returns the compiled step, for the run to use.
   """
   compiled = lowered.compile()
   needed = compiled_bytes(compiled)
-  fits = lambda n: n is None or budget is None or n <= HEADROOM * budget
-  if fits(needed):
+  if needed is None or budget is None or needed <= HEADROOM * budget:
     return compiled
-  if jax.default_backend() == "cpu":
-    leaner = compile_low_memory(lowered)
-    lean_needed = compiled_bytes(leaner)
-    if fits(lean_needed):
-      log(f"the train step needs {human_bytes(needed)} as XLA schedules it for speed and "
-          f"{human_bytes(lean_needed)} scheduled for memory, which fits: using that (slower)")
-      return leaner
-    needed = lean_needed if lean_needed is not None else needed
   raise NotEnoughMemoryError(
       f"one train step at batch {batch_size} needs {human_bytes(needed)} and this process has "
       f"{human_bytes(budget)} (a step may use {HEADROOM:.0%} of it): lower --batch-size or --width, "
       "split the batch into micro-batches (--accumulation-steps), recompute activations "
-      "(--remat), or compute in --dtype bfloat16.")
+      f"(--remat), or compute in --dtype bfloat16{_memory_schedule_hint()}.")
 
 
 def check_run(lower_train: Callable[[], Any], eval_step: Any, eval_state: Any, split: Any,
@@ -250,7 +261,7 @@ def check_run(lower_train: Callable[[], Any], eval_step: Any, eval_state: Any, s
   step; raises :class:`NotEnoughMemoryError` for a train step that cannot fit.
   """
   budget = available_bytes()
-  train_step = check_train_step(lower_train(), budget, batch_size, log)
+  train_step = check_train_step(lower_train(), budget, batch_size)
   capped = cpu_eval_cap(eval_batch_size, math.prod(split.images.shape[1:]))
   if capped < eval_batch_size:
     log(f"evaluating in batches of {capped} instead of {eval_batch_size}: on a CPU an evaluation "

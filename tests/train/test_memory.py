@@ -73,41 +73,42 @@ def test_a_train_step_that_cannot_fit_stops_before_the_first_step(tiny_npz, tmp_
   assert not list((workdir / "checkpoints").glob("last/*"))
 
 
-class _Lowered:
-  """Stands for a lowered step whose two schedules need 100 and 40 bytes."""
-
-  def compile(self, compiler_options=None):
-    assert compiler_options in (None, memory.LOW_MEMORY_CPU_OPTIONS)
-    return "for memory" if compiler_options else "for speed"
-
-
-def test_a_cpu_train_step_that_does_not_fit_is_compiled_again_for_memory(monkeypatch):
-  monkeypatch.setattr(memory, "compiled_bytes", {"for speed": 100, "for memory": 40}.get)
-  said = []
-  assert memory.check_train_step(_Lowered(), 1000, 32, said.append) == "for speed"
-  assert not said  # fits as it is: the faster schedule stays
-  assert memory.check_train_step(_Lowered(), 100, 32, said.append) == "for memory"
-  assert "needs 0 MiB as XLA schedules it for speed" in said[0]
-  with pytest.raises(memory.NotEnoughMemoryError, match="needs 0 MiB"):
-    memory.check_train_step(_Lowered(), 60, 32, said.append)
+def test_the_cpu_schedule_is_a_flag_set_before_jax_starts():
+  env = {}
+  assert memory.use_cpu_schedule(environ=env) == "speed" and "XLA_FLAGS" not in env
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  assert memory.use_cpu_schedule("memory", env) == "memory"
+  assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=4 "
+                              "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+  assert memory.use_cpu_schedule(environ={memory.CPU_SCHEDULE_ENV: "memory"}) == "memory"
+  # The user's own XLA flag wins.
+  env = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+  assert memory.use_cpu_schedule("memory", env) == "speed"
+  assert env["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  with pytest.raises(ValueError, match="one of speed, memory, got 'fast'"):
+    memory.use_cpu_schedule("fast", {})
 
 
-def test_the_memory_schedule_computes_the_same_step():
-  import sam_jax
-  from sam_jax.train.step import make_train_step
+def test_the_memory_schedule_trains_the_same_run(tiny_npz, tmp_path):
+  """`sam-jax --cpu-schedule memory train` in a fresh process (XLA reads the flag once)
+  gives the records of XLA's default schedule (this process's)."""
+  import subprocess
+  import sys
 
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
-           "label": rng.integers(0, 2, 8).astype(np.int32)}
-  model = models.create_model("resnet10", 2, width=0.0625)
-  apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
-  tx = optax.chain(sam_jax.sam(0.05), optax.sgd(0.1))
-  step = jax.jit(make_train_step(apply_fn, softmax_cross_entropy(), tx))
-  lowered = step.lower(create_train_state(params, model_state, tx), batch, jax.random.key(1))
-  outs = [compiled(create_train_state(params, model_state, tx), batch, jax.random.key(1))[0]
-          for compiled in (lowered.compile(), memory.compile_low_memory(lowered))]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               outs[0].params, outs[1].params)
+  from tests.simulated_devices import ROOT, subprocess_env
+
+  args = ["train", "--dataset", tiny_npz, *TINY, "--optimizer", "sam", "--epochs", "1"]
+  done = subprocess.run([sys.executable, "-m", "sam_jax.cli", "--cpu-schedule", "memory",
+                         "--cpu-devices", "1", *args, "--workdir", str(tmp_path / "memory")],
+                        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert cli.main([*args, "--workdir", str(tmp_path / "speed")]) == 0
+  runs = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+          for name in ("memory", "speed")}
+  for key in ("train_loss", "train_perturbed_loss"):
+    assert runs["memory"][key] == pytest.approx(runs["speed"][key], rel=1e-5)
+  assert runs["memory"]["val"]["auc"] == pytest.approx(runs["speed"]["val"]["auc"], abs=1e-6)
 
 
 def test_an_eval_batch_that_does_not_fit_is_lowered_in_a_run(tiny_npz, tmp_path, monkeypatch,
