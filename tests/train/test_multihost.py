@@ -117,3 +117,37 @@ def test_the_train_command_over_two_processes_equals_one_process_of_four(tmp_pat
   assert saved(multi) == saved(single)
   assert {"checkpoints/last/3", "checkpoints/last/6"} <= set(saved(multi))
   assert not [f for f in _tree_files(multi) if "process_1" in f]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("perturbation", ["per_device", "synchronized"])
+def test_shard_map_runs_over_two_processes_equal_one_process_of_four(tmp_path, perturbation):
+  """Per-device (m-sharpness across hosts) and synchronized perturbations from the CLI."""
+  import json
+
+  from tests.data.synthetic import write_medmnist_npz
+  from tests.train.test_loop import TINY, comparable, sam_jax_cmd
+
+  npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(96, 32, 32), seed=3)
+  common = ["train", "--dataset", str(npz), *TINY, "--optimizer", "sam", "--rho", "0.1",
+            "--schedule", "constant", "--learning-rate", "0.005", "--epochs", "1",
+            "--parallel", "shard_map", "--perturbation", perturbation]
+  port = free_port()
+  workers = [subprocess.Popen(
+      sam_jax_cmd("--coordinator-address", f"localhost:{port}", "--num-processes", "2",
+                  "--process-id", str(i), *common, "--workdir", str(tmp_path / "multi")),
+      cwd=ROOT, env=subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  for worker in workers:
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out[-2000:] + err[-4000:]
+  one = subprocess.run(sam_jax_cmd(*common, "--workdir", str(tmp_path / "single")), cwd=ROOT,
+                       env=subprocess_env(devices=4), capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-4000:]
+  read = lambda d: comparable([json.loads(line) for line in
+                               (tmp_path / d / "metrics.jsonl").read_text().splitlines()])
+  got, want = _flat(read("multi")[0]), _flat(read("single")[0])
+  assert got.keys() == want.keys()
+  for key, value in want.items():
+    if isinstance(value, float):
+      assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
