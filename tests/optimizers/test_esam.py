@@ -94,6 +94,15 @@ def test_beta_and_gamma_one_is_sam(problem):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_adaptive_with_beta_and_gamma_one_is_the_element_wise_sam(problem):
+  got, _ = run(sam_jax.esam(0.5, 1.0, 1.0, adaptive=True), problem, 1, True)
+  tx = sam_jax.sam(0.5, adaptive=True)
+  want = tx.update(problem.clean_grads(), tx.init(problem.params), problem.params,
+                   grad_fn=problem.grad_fn)[0]
+  for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_weight_mask_draws_each_leaf_with_chance_beta(problem):
   draws = np.array([jax.tree.leaves(weight_mask(0, jnp.int32(t), 0.3, problem.params))
                     for t in range(400)])
