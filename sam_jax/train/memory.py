@@ -57,16 +57,24 @@ def use_cpu_schedule(schedule: Optional[str] = None, environ=None) -> str:
     raise ValueError(f"the CPU schedule must be one of {', '.join(CPU_SCHEDULES)}, "
                      f"got {schedule!r}.")
   flags = environ.get("XLA_FLAGS", "")
-  if _SCHEDULER_FLAG in flags:
-    return "memory" if f"{_SCHEDULER_FLAG}=false" in flags else "speed"
+  already = _schedule_in(flags)
+  if already is not None:
+    return already
   if schedule == "memory":
     environ["XLA_FLAGS"] = f"{flags} --{_SCHEDULER_FLAG}=false".strip()
   return schedule
 
 
+def _schedule_in(flags: str) -> Optional[str]:
+  """The schedule ``XLA_FLAGS`` set (``None`` when they leave it to XLA)."""
+  if _SCHEDULER_FLAG not in flags:
+    return None
+  return "memory" if f"{_SCHEDULER_FLAG}=false" in flags else "speed"
+
+
 def _memory_schedule_hint() -> str:
-  if jax.default_backend() != "cpu" or f"{_SCHEDULER_FLAG}=false" in os.environ.get(
-      "XLA_FLAGS", ""):
+  if (jax.default_backend() != "cpu"
+      or _schedule_in(os.environ.get("XLA_FLAGS", "")) == "memory"):
     return ""
   return ", or let XLA:CPU schedule the step for memory (sam-jax --cpu-schedule memory)"
 

@@ -142,8 +142,6 @@ def check_config(config: TrainConfig) -> None:
                      f"{config.accumulation_steps} micro-batches"
                      + (f" of each of the m_sharpness {config.m_sharpness} sub-batches"
                         if config.m_sharpness > 1 else "") + ".")
-
-
   if config.optimizer == "esam" and _esam_gamma(config) < 1:
     if config.loss not in objectives.EXAMPLE_LOSSES:
       raise ValueError(f"esam with gamma < 1 ranks examples by their own loss, which loss "
