@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from sam_jax.models import remat as remat_lib
 from sam_jax.models.conv3d import Conv3D
+from sam_jax.models.pooling import max_pool
 
 ModuleDef = Any
 
@@ -161,7 +162,7 @@ class ResNet(nn.Module):
       x = conv(base, (7,) * self.dim, (2,) * self.dim, padding=[(3, 3)] * self.dim,
                name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3,) * self.dim, (2,) * self.dim, padding=[(1, 1)] * self.dim)
+      x = max_pool(x, (3,) * self.dim, (2,) * self.dim, padding=[(1, 1)] * self.dim)
     block_cls = remat_lib.remat(self.block_cls) if self.remat else self.block_cls
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sam_jax.models.pooling import max_pool
+
 # Channels per convolution; "M" is a max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                 512, 512, 512, "M", 512, 512, 512, "M")
@@ -76,7 +78,7 @@ class VGG(nn.Module):
     for item in self.layout:
       if item == "M":
         if x.shape[1] > 1 and x.shape[2] > 1:
-          x = nn.max_pool(x, (2, 2), (2, 2))
+          x = max_pool(x, (2, 2), (2, 2))
         continue
       conv_index += 1
       channels = max(1, int(round(item * self.width)))
