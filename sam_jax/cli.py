@@ -78,9 +78,9 @@ def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
   for field in config_lib.TUPLE_FIELDS:
     if field in overrides:
       overrides[field] = tuple(overrides[field])
-  saved = pathlib.Path(args.workdir) / "config.json"
-  if args.resume and saved.exists():
-    base = config_lib.from_dict(json.loads(saved.read_text()))
+  saved = _saved_config(pathlib.Path(args.workdir)) if args.resume else None
+  if saved is not None:
+    base = config_lib.from_dict(saved)
     config_lib.check_resume_changes(base, overrides)
   elif args.config:
     base = config_lib.load_file(args.config)
@@ -91,6 +91,18 @@ def resolve_config(args: argparse.Namespace) -> config_lib.TrainConfig:
   else:
     base = config_lib.TrainConfig()
   return base.replace(**overrides)
+
+
+def _saved_config(workdir: pathlib.Path) -> Optional[dict]:
+  """The run's ``config.json``, or None. In a run over several processes, process 0's
+  (it writes the records; the others need not see its disk), so that all resume the same
+  config."""
+  def read():
+    path = workdir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+  from sam_jax.train import checkpoint
+  return checkpoint.from_process_0(read)
 
 
 def train(args: argparse.Namespace) -> int:

@@ -151,7 +151,7 @@ class ProcessesCheckpointer:
       self.inner = Checkpointer(directory, keep, alone=True)
 
     # Opened inside the collective, so that a failure there reaches every process.
-    _from_process_0(open_on_process_0)
+    from_process_0(open_on_process_0)
 
   def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
     if self.inner is not None:
@@ -163,7 +163,7 @@ class ProcessesCheckpointer:
 
   def latest_step(self, which: str = "last") -> Optional[int]:
     inner = self.inner
-    return _from_process_0(lambda: inner.latest_step(which) if inner else None)
+    return from_process_0(lambda: inner.latest_step(which) if inner else None)
 
   def restore_newest_valid(self, abstract_state: Any, which: str = "last",
                            log=print) -> tuple[Any, dict, int]:
@@ -175,7 +175,7 @@ class ProcessesCheckpointer:
       found["state"] = state
       return {"meta": meta, "step": step}
 
-    outcome = _from_process_0(restore)
+    outcome = from_process_0(restore)
     from jax.experimental import multihost_utils
     state = multihost_utils.broadcast_one_to_all(found.get("state", abstract_state))
     return state, outcome["meta"], outcome["step"]
@@ -185,12 +185,22 @@ class ProcessesCheckpointer:
       self.inner.close()
 
 
-def _from_process_0(fn) -> Any:
-  """``fn()``'s JSON value on process 0, on every process; its error raised everywhere."""
+def from_process_0(fn) -> Any:
+  """``fn()``'s JSON value on process 0, on every process; its error raised everywhere.
+
+  A collective: every process calls it, and only process 0 calls ``fn``. The
+  error reaches the others as the same class where it is one of the run's
+  own (a busy or missing work directory, a damaged checkpoint), else as a
+  ``ValueError`` with the same one-line message.
+  """
   import json
 
   from jax.experimental import multihost_utils
 
+  from sam_jax.train.workdir_lock import WorkdirBusyError
+
+  if jax.process_count() == 1:
+    return fn()
   if jax.process_index() == 0:
     try:
       message = {"value": fn()}
@@ -203,8 +213,9 @@ def _from_process_0(fn) -> Any:
   buffer = data if data.size == size else np.zeros(size, np.uint8)
   message = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
   if "error" in message:
-    kinds = {"FileNotFoundError": FileNotFoundError,
-             "DamagedCheckpointError": DamagedCheckpointError}
+    kinds = {kind.__name__: kind for kind in (
+        FileNotFoundError, FileExistsError, NotADirectoryError, DamagedCheckpointError,
+        WorkdirBusyError)}
     raise kinds.get(message["kind"], ValueError)(message["error"])
   return message["value"]
 

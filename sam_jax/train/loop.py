@@ -27,6 +27,7 @@ the records and checkpoints, and the others receive what it restores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pathlib
@@ -71,11 +72,27 @@ def train_and_evaluate(
   """
   setup.check_config(config)
   workdir = pathlib.Path(workdir)
-  if jax.process_index() > 0:
-    # Process 0 locks the work directory, writes and prints; this one computes.
-    return _train_and_evaluate(config, workdir, resume, lambda *args, **kwargs: None)
+  if jax.process_count() > 1:
+    return _train_across_processes(config, workdir, resume, log)
   with WorkdirLock(workdir, log) as lock:
     return _train_and_evaluate(config, workdir, resume, log, lock.check)
+
+
+def _train_across_processes(config: TrainConfig, workdir: pathlib.Path, resume: bool,
+                            log) -> dict:
+  """Process 0 locks the work directory, writes and prints; the others compute.
+
+  The lock is taken inside a collective, so that a busy work directory stops
+  every process at once, instead of leaving the others at their first
+  collective until JAX's coordination timeout.
+  """
+  with contextlib.ExitStack() as stack:
+    held = []
+    checkpoint_lib.from_process_0(lambda: held.append(stack.enter_context(
+        WorkdirLock(workdir, log))))
+    if not held:
+      return _train_and_evaluate(config, workdir, resume, lambda *args, **kwargs: None)
+    return _train_and_evaluate(config, workdir, resume, log, held[0].check)
 
 
 def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool, log,
@@ -120,7 +137,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: pathlib.Path, resume: bool
   selection = Selection(config.select_by, config.early_stopping)
   if resume and checkpointer.latest_step() is not None:
     try:
-      config_lib.check_saved_config(workdir, config)
+      # Read where the files are: process 0's disk (the others need not see it).
+      checkpoint_lib.from_process_0(lambda: config_lib.check_saved_config(workdir, config))
     except ValueError:
       checkpointer.close()
       raise

@@ -16,6 +16,40 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def two_processes(*args, workdirs=(), timeout=600) -> list[tuple[int, str, str]]:
+  """``sam-jax *args`` on 2 processes x 2 CPU devices over loopback: (returncode, out, err).
+
+  ``workdirs``: each process's ``--workdir``, as if they did not share a disk.
+  """
+  from tests.train.test_loop import sam_jax_cmd
+
+  port = free_port()
+  own = [["--workdir", str(w)] for w in workdirs] or [[], []]
+  workers = [subprocess.Popen(
+      sam_jax_cmd("--coordinator-address", f"localhost:{port}", "--num-processes", "2",
+                  "--process-id", str(i), *args, *own[i]),
+      cwd=ROOT, env=subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outputs = [w.communicate(timeout=timeout) for w in workers]
+  return [(w.returncode, out, err) for w, (out, err) in zip(workers, outputs)]
+
+
+@pytest.mark.slow
+def test_a_busy_work_directory_stops_every_process(tmp_path):
+  """Process 0 finds the lock held: every process stops at once with its one line (the
+  others do not wait at a collective for JAX's coordination timeout)."""
+  from sam_jax.train.workdir_lock import WorkdirLock
+  from tests.data.synthetic import write_medmnist_npz
+  from tests.train.test_loop import TINY
+
+  npz = write_medmnist_npz(tmp_path / "tiny.npz", counts=(96, 32, 32), seed=3)
+  with WorkdirLock(tmp_path / "run"):
+    runs = two_processes("train", "--dataset", str(npz), *TINY, "--epochs", "1",
+                         "--workdir", str(tmp_path / "run"), timeout=120)
+  for returncode, _, err in runs:
+    assert returncode == 2 and "is in use by" in err and "Traceback" not in err, err
+
+
 @pytest.mark.slow
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   module = [sys.executable, "-m", "tests.train.multihost_check"]
@@ -70,22 +104,26 @@ def test_the_train_command_over_two_processes_equals_one_process_of_four(tmp_pat
             "--schedule", "constant", "--learning-rate", "0.005"]
   multi, single = tmp_path / "multi", tmp_path / "single"
 
-  def on_two_processes(*extra):
-    port = free_port()
-    workers = [subprocess.Popen(
-        sam_jax_cmd("--coordinator-address", f"localhost:{port}", "--num-processes", "2",
-                    "--process-id", str(i), *common, "--workdir", str(multi), *extra),
-        cwd=ROOT, env=subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (out, err) in zip(workers, outputs):
-      assert worker.returncode == 0, out[-2000:] + err[-4000:]
-    return [out for out, _ in outputs]
+  # Process 1 is given a directory it has never seen: it must need nothing from
+  # process 0's disk, not even the saved config of the resume, which names none
+  # of the run's options.
+  elsewhere = tmp_path / "process_1_sees_nothing"
 
-  on_two_processes("--epochs", "1")
-  first, second = on_two_processes("--epochs", "2", "--resume")
+  def on_two_processes(*args):
+    runs = two_processes(*args, workdirs=(multi, elsewhere))
+    for returncode, out, err in runs:
+      assert returncode == 0, out[-2000:] + err[-4000:]
+    return [out for _, out, _ in runs]
+
+  on_two_processes(*common, "--epochs", "1")
+  first, second = on_two_processes("train", "--resume", "--epochs", "2")
   assert "resumed from step 3" in first and "epoch 2/2" in first
   assert "epoch 2/2" not in second and "resumed" not in second  # process 1 prints no log
+  assert not [p for p in elsewhere.rglob("*") if p.is_file()]
+  # A resume that changes the run is refused on every process, by process 0's check.
+  for returncode, _, err in two_processes("train", "--resume", "--epochs", "3", "--rho", "0.2",
+                                          workdirs=(multi, elsewhere)):
+    assert returncode == 2 and "these options differ" in err and "Traceback" not in err, err
   one = subprocess.run(sam_jax_cmd(*common, "--epochs", "2", "--workdir", str(single)), cwd=ROOT,
                        env=subprocess_env(devices=4), capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-4000:]
