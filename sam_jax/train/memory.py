@@ -34,9 +34,8 @@ import jax
 # XLA:CPU's concurrency-optimized scheduler (on by default in jaxlib 0.10)
 # orders a step for parallelism, which is faster (ResNet-18 w1/4 at 28 px: a
 # SAM step 0.675 s with it, 0.755 s without, benchmarks/results/scheduler/)
-# but keeps much more alive across SAM's two passes (ResNet-18 at 224 px,
-# batch 32: SAM's peak is SGD's + 12.3 parameter buffers with it, + 1.7
-# without). XLA reads the flag once per process (per-executable compiler
+# but keeps more alive (ResNet-18 at 224 px, batch 32: a SAM step's peak is
+# 1122 MiB with it, 915 MiB without; benchmarks/results/scheduler/). XLA reads the flag once per process (per-executable compiler
 # options leave it alone), so it is a process setting: `sam-jax
 # --cpu-schedule memory`.
 CPU_SCHEDULES = ("speed", "memory")
