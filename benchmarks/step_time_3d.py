@@ -57,8 +57,10 @@ from sam_jax.train.step import make_train_step
 LR, RHO = 0.01, 0.05
 
 
-def torch_resnet18(width: float, num_classes: int = 2, dims: int = 3):
-  """ResNet-18 with the CIFAR stem in PyTorch (2-D or 3-D): the layout of sam_jax's ResNet."""
+def torch_resnet18(width: float, num_classes: int = 2, dims: int = 3, stem: str = "cifar",
+                   in_channels: int = 1):
+  """ResNet-18 in PyTorch (2-D or 3-D), the layout of sam_jax's ResNet: the CIFAR stem, or
+  the ImageNet stem (7x7 stride-2 convolution, 3x3 stride-2 max-pool)."""
   import torch.nn as tnn
 
   conv = tnn.Conv3d if dims == 3 else tnn.Conv2d
@@ -81,7 +83,12 @@ def torch_resnet18(width: float, num_classes: int = 2, dims: int = 3):
       return (y + (x if self.down is None else self.down(x))).relu()
 
   base = max(1, int(round(64 * width)))
-  layers = [conv(1, base, 3, 1, 1, bias=False), norm(base), tnn.ReLU()]
+  if stem == "cifar":
+    layers = [conv(in_channels, base, 3, 1, 1, bias=False), norm(base), tnn.ReLU()]
+  else:
+    pool = tnn.MaxPool3d if dims == 3 else tnn.MaxPool2d
+    layers = [conv(in_channels, base, 7, 2, 3, bias=False), norm(base), tnn.ReLU(),
+              pool(3, 2, 1)]
   cin = base
   for stage in range(4):
     cout = base * 2**stage
@@ -93,10 +100,10 @@ def torch_resnet18(width: float, num_classes: int = 2, dims: int = 3):
   return tnn.Sequential(*layers)
 
 
-def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
+def torch_steps(width: float, images: np.ndarray, labels: np.ndarray, stem: str = "cifar"):
   """PyTorch SGD and SAM steps (closures) and the model's parameter count.
 
-  ``images`` are channels-last ``uint8`` (``N, *spatial, 1``); 2-D or 3-D by their rank.
+  ``images`` are channels-last ``uint8`` (``N, *spatial, C``); 2-D or 3-D by their rank.
   """
   import torch
 
@@ -104,7 +111,7 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
 
   def build():
     torch.manual_seed(0)
-    model = torch_resnet18(width, dims=dims)
+    model = torch_resnet18(width, dims=dims, stem=stem, in_channels=images.shape[-1])
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
 
   # Channels first, normalized to [-1, 1] as sam_jax's default preprocessing does.
@@ -148,7 +155,8 @@ def torch_steps(width: float, images: np.ndarray, labels: np.ndarray):
   return {"sgd": sgd_step, "sam": sam_step}, count
 
 
-def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps: int = 1):
+def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps: int = 1,
+              stem: str = "cifar"):
   """sam_jax SGD and SAM steps (closures over their states), their compile times and the
   parameter count; with ``accumulation_steps`` K > 1, the step of ``--accumulation-steps K``.
   ``impl=None``: the 2-D ResNet-18 (``batch`` of images), else the 3-D one with that
@@ -157,7 +165,7 @@ def jax_steps(width: float, impl: Optional[str], batch: dict, accumulation_steps
   mode = parallel.resolve_mode("auto", batch["label"].shape[0],
                                accumulation_steps=accumulation_steps)
   if impl is None:
-    model = models.create_model("resnet18", 2, width=width)
+    model = models.create_model("resnet18", 2, width=width, stem=stem)
   else:
     model = models.create_model("resnet18_3d", 2, width=width, conv_impl=impl)
   apply_fn, params, model_state = models.from_linen(model, jax.random.key(0), batch["image"][:1])
