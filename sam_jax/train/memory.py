@@ -35,9 +35,9 @@ import jax
 # orders a step for parallelism, which is faster (ResNet-18 w1/4 at 28 px: a
 # SAM step 0.675 s with it, 0.755 s without, benchmarks/results/scheduler/)
 # but keeps more alive (ResNet-18 at 224 px, batch 32: a SAM step's peak is
-# 1122 MiB with it, 915 MiB without; benchmarks/results/scheduler/). XLA reads the flag once per process (per-executable compiler
-# options leave it alone), so it is a process setting: `sam-jax
-# --cpu-schedule memory`.
+# 1122 MiB with it, 915 MiB without; benchmarks/results/scheduler/). XLA
+# reads the flag once per process (per-executable compiler options leave it
+# alone), so it is a process setting: `sam-jax --cpu-schedule memory`.
 CPU_SCHEDULES = ("speed", "memory")
 CPU_SCHEDULE_ENV = "SAM_JAX_CPU_SCHEDULE"
 _SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
