@@ -47,6 +47,7 @@ class Option:
   placement: str = "none"
   dtype: str = "float32"
   donate: bool = True
+  kernel_grad_chunk: Optional[int] = None  # ResNet(kernel_grad_chunk=...); None: XLA's own
 
 
 OPTIONS = (
@@ -71,12 +72,17 @@ OPTIONS = (
     Option("fast math", "--xla_cpu_enable_fast_math=true"),
     Option("concurrency-optimized scheduler",
            "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
-    # The default of jaxlib 0.10 is on; off, SAM's compiled peak at 224 px drops
-    # from SGD's + 12.3 parameter buffers to + 1.7 (benchmarks/memory_2d.py).
+    # The default of jaxlib 0.10 is on; off, a step keeps less alive
+    # (benchmarks/memory_2d.py --cpu-schedule memory).
     Option("concurrency-optimized scheduler off",
            "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
     Option("sharded over 2 host devices, concurrency-optimized scheduler off",
            "--xla_cpu_enable_concurrency_optimized_scheduler=false", 2, "sharded"),
+    # Session 25: each convolution's kernel gradient summed over batch chunks
+    # (sam_jax.models.chunked_conv; ResNet(kernel_grad_chunk=32), off by default).
+    Option("kernel gradient by batch chunks of 32", kernel_grad_chunk=32),
+    Option("sharded over 2 host devices, kernel gradient by batch chunks of 32",
+           host_devices=2, placement="sharded", kernel_grad_chunk=32),
 )
 BASELINE = OPTIONS[0]
 FLOAT64 = Option("float64 reference (not timed)", dtype="float64")
@@ -114,9 +120,10 @@ def measure(option: Option, width: float, rounds: int, reference: pathlib.Path) 
     jax.config.update("jax_enable_x64", True)
     params, model_state = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (params, model_state))
     model = models.create_model("resnet18", 2, width=width, dtype=jnp.float64,
-                                param_dtype=jnp.float64)
+                                param_dtype=jnp.float64, kernel_grad_chunk=None)
   else:
-    model = models.create_model("resnet18", 2, width=width, dtype=getattr(jnp, option.dtype))
+    model = models.create_model("resnet18", 2, width=width, dtype=getattr(jnp, option.dtype),
+                                kernel_grad_chunk=option.kernel_grad_chunk)
   apply_fn = models.from_linen(model, jax.random.key(0), images[:1])[0]
 
   def placed(tx):

@@ -27,12 +27,13 @@ Inputs are channel-last: ``(N, H, W, C)`` or ``(N, D, H, W, C)``, any ``C``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from sam_jax.models import remat as remat_lib
+from sam_jax.models.chunked_conv import batch_chunked
 from sam_jax.models.conv3d import Conv3D
 from sam_jax.models.pooling import max_pool
 
@@ -111,6 +112,14 @@ class ResNet(nn.Module):
     volume_conv: with ``dim=3``, ``"3d"``, ``"2.5d"`` or ``"acs"``.
     conv_impl: with ``dim=3``, how convolutions are computed (``"auto"``,
       ``"xla"``, ``"depth_sum"``, ``"depth_concat"``); results do not depend on it.
+    kernel_grad_chunk: with ``dim=2``, sum each convolution's kernel gradient
+      over batch chunks of this many examples (:mod:`sam_jax.models.chunked_conv`);
+      ``None`` (default): XLA's whole-batch kernel gradient. On XLA:CPU, 32
+      made a width-1 ResNet-18 SAM step at 28 px, batch 128, 22 % faster on
+      one device and 7 % faster split over 2 host devices (the CLI's
+      default placement), but 11 % slower at width 1/4 split over 2 devices
+      (``benchmarks/results/kernel_grad_chunk/``), so it is not the default.
+      Results change by float32 rounding only.
     remat: rematerialize each residual block (:mod:`sam_jax.models.remat`,
       which saves memory on XLA:CPU too): the backward pass recomputes a block's activations
       instead of keeping them, for less memory at the cost of about one more
@@ -128,6 +137,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   volume_conv: str = "3d"
   conv_impl: str = "auto"
+  kernel_grad_chunk: Optional[int] = None
   remat: bool = False
 
   @nn.compact
@@ -143,7 +153,7 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet: stem must be 'cifar' or 'imagenet', got {self.stem!r}.")
     if self.dim == 2 and self.volume_conv != "3d":
       raise ValueError(f"ResNet: volume_conv={self.volume_conv!r} is for volumes (dim=3).")
-    conv_module = nn.Conv if self.dim == 2 else functools.partial(
+    conv_module = self._conv2d() if self.dim == 2 else functools.partial(
         Conv3D, way=self.volume_conv, impl=self.conv_impl)
     conv = functools.partial(
         conv_module, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -179,6 +189,12 @@ class ResNet(nn.Module):
                  name="head")(x)
     return x.astype(jnp.float32)
 
+
+  def _conv2d(self):
+    if self.kernel_grad_chunk is None:
+      return nn.Conv
+    return functools.partial(nn.Conv,
+                             conv_general_dilated=batch_chunked(int(self.kernel_grad_chunk)))
 
 # ResNet-10 (one block per stage) is MedicalNet's smallest 3-D backbone; it
 # also trains and compiles in half ResNet-18's time, which the tests use.
