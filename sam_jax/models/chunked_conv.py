@@ -53,7 +53,7 @@ def batch_chunked(chunk: int) -> Callable:
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
-    batch_axis = _batch_axis(dimension_numbers)
+    batch_axis = _batch_axis(dimension_numbers, 0)
     size = lhs.shape[batch_axis]
     if size <= chunk or size % chunk or batch_group_count != 1:
       return conv(lhs, rhs)
@@ -70,7 +70,7 @@ def batch_chunked(chunk: int) -> Callable:
       if not isinstance(kernel_dot, SymbolicZero):
         pieces = [conv(lax.slice_in_dim(x, start, start + chunk, axis=batch_axis), kernel_dot)
                   for start in range(0, size, chunk)]
-        out_dot.append(jnp.concatenate(pieces, axis=_out_batch_axis(dimension_numbers)))
+        out_dot.append(jnp.concatenate(pieces, axis=_batch_axis(dimension_numbers, 2)))
       out = conv(x, kernel)
       if not out_dot:
         return out, jnp.zeros_like(out)
@@ -82,17 +82,10 @@ def batch_chunked(chunk: int) -> Callable:
   return conv_general_dilated
 
 
-def _batch_axis(dimension_numbers) -> int:
+def _batch_axis(dimension_numbers, operand: int) -> int:
+  """The batch axis of the input (``operand=0``) or of the output (``operand=2``)."""
   if dimension_numbers is None:
     return 0
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-    return dimension_numbers.lhs_spec[0]
-  return dimension_numbers[0].index("N")
-
-
-def _out_batch_axis(dimension_numbers) -> int:
-  if dimension_numbers is None:
-    return 0
-  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-    return dimension_numbers.out_spec[0]
-  return dimension_numbers[2].index("N")
+    return dimension_numbers[operand][0]
+  return dimension_numbers[operand].index("N")
