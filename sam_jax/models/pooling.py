@@ -7,8 +7,8 @@ the size of the *padded input*. For ResNet's ImageNet stem at 224 px, batch 32,
 that is four to five 101 MiB ``s32[32, 114, 114, 64]`` buffers alive at once,
 about half of the whole step's peak, and they sit at the end of the backward
 pass, where a SAM step's second pass also keeps its perturbed weights alive
-(``benchmarks/results/memory_2d_cpu*.md``; BUILD_NOTES, "Max pooling's
-gradient").
+(``benchmarks/results/max_pool_cpu.md``; BUILD_NOTES, "SAM's memory at
+224 px").
 
 :func:`max_pool` computes the same forward value and routes each output's
 tangent to the *first* maximum of its window in row-major order, which is
@@ -57,7 +57,7 @@ def _window_views(padded, window, strides, out_shape):
 
 def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,
              padding: str | Sequence[tuple[int, int]] = "VALID") -> jax.Array:
-  """``flax.linen.max_pool`` over ``(N, *spatial, C)`` inputs, with a gather-free gradient.
+  """``flax.linen.max_pool`` over ``(N, *spatial, C)`` inputs, with a scatter-free gradient.
 
   Args:
     x: ``(N, *spatial, C)``.
@@ -105,4 +105,3 @@ def _max_pool_jvp(window, strides, pads, primals, tangents):
   tangent_views = _window_views(lax.pad(tangent, jnp.zeros((), tangent.dtype), full_pads),
                                 window, strides, out_shape)
   return pooled, lax.select_n(argmax, *tangent_views)
-

@@ -189,12 +189,12 @@ class ResNet(nn.Module):
                  name="head")(x)
     return x.astype(jnp.float32)
 
-
   def _conv2d(self):
     if self.kernel_grad_chunk is None:
       return nn.Conv
     return functools.partial(nn.Conv,
                              conv_general_dilated=batch_chunked(int(self.kernel_grad_chunk)))
+
 
 # ResNet-10 (one block per stage) is MedicalNet's smallest 3-D backbone; it
 # also trains and compiles in half ResNet-18's time, which the tests use.

@@ -193,14 +193,14 @@ def from_process_0(fn) -> Any:
   own (a busy or missing work directory, a damaged checkpoint), else as a
   ``ValueError`` with the same one-line message.
   """
+  if jax.process_count() == 1:
+    return fn()
   import json
 
   from jax.experimental import multihost_utils
 
   from sam_jax.train.workdir_lock import WorkdirBusyError
 
-  if jax.process_count() == 1:
-    return fn()
   if jax.process_index() == 0:
     try:
       message = {"value": fn()}

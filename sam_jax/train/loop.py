@@ -83,8 +83,8 @@ def _train_across_processes(config: TrainConfig, workdir: pathlib.Path, resume: 
   """Process 0 locks the work directory, writes and prints; the others compute.
 
   The lock is taken inside a collective, so that a busy work directory stops
-  every process at once, instead of leaving the others at their first
-  collective until JAX's coordination timeout.
+  every process at once with process 0's error, instead of the others
+  failing at their first collective.
   """
   with contextlib.ExitStack() as stack:
     held = []
